@@ -1,0 +1,1 @@
+"""Benchmark and autotuning CLI: ``python -m triton_embed.bench``."""

@@ -1,0 +1,42 @@
+"""Row gather: ``out[t, :] = weight[indices[t], :]``."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gather_rows_kernel(
+    weight_ptr,  # (V, D) table, any dtype; strides (stride_wv, stride_wd)
+    indices_ptr,  # (N,) int32/int64 row ids, stride stride_i
+    out_ptr,  # (N, D) output, weight's dtype; strides (stride_on, stride_od)
+    N,  # tokens (runtime: never recompile per batch)
+    D,  # embedding dim
+    V,  # rows in the table; ids outside [0, V) read nothing and write zeros
+    stride_wv,
+    stride_wd,
+    stride_i,
+    stride_on,
+    stride_od,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Each program copies a BLOCK_T x BLOCK_D tile of gathered rows."""
+    pid_t = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    tokens = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    token_mask = tokens < N
+    col_mask = cols < D
+    rows = tl.load(indices_ptr + tokens.to(tl.int64) * stride_i, mask=token_mask, other=0).to(tl.int64)
+    # An id that escaped the host-side check must never become a wild pointer.
+    valid = token_mask & (rows >= 0) & (rows < V)
+    tile_mask = valid[:, None] & col_mask[None, :]
+    values = tl.load(
+        weight_ptr + rows[:, None] * stride_wv + cols[None, :].to(tl.int64) * stride_wd,
+        mask=tile_mask,
+        other=0,
+    )
+    tl.store(
+        out_ptr + tokens[:, None].to(tl.int64) * stride_on + cols[None, :].to(tl.int64) * stride_od,
+        values,
+        mask=token_mask[:, None] & col_mask[None, :],
+    )

@@ -1,0 +1,112 @@
+"""Which implementation runs an op: compiled Triton kernels, the Triton interpreter, or the reference path."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from typing import Iterator
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+
+_state = {
+    "backend": os.environ.get("TRITON_EMBED_BACKEND", "auto"),
+    "check_indices": os.environ.get("TRITON_EMBED_CHECK_INDICES", "1") not in ("0", "false", "False"),
+}
+if _state["backend"] not in BACKENDS:
+    raise ValueError(f"TRITON_EMBED_BACKEND must be one of {BACKENDS}, got {_state['backend']!r}")
+
+#: How many times each Triton kernel was launched in this process (by kernel name).
+launch_counts: Counter[str] = Counter()
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run under Triton's CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("0", "", "false", "False")
+
+
+def set_backend(name: str) -> None:
+    """Choose the implementation for every op in this process.
+
+    ``"auto"`` (default): CUDA tensors run the Triton kernels; CPU tensors run the reference path, or the
+    Triton kernels under the interpreter when ``TRITON_INTERPRET=1``. ``"triton"``: always the kernels
+    (CPU tensors need the interpreter). ``"reference"``: always the PyTorch reference path.
+
+    >>> import triton_embed
+    >>> triton_embed.set_backend("reference"); triton_embed.set_backend("auto")
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    """The backend set by :func:`set_backend` (or ``TRITON_EMBED_BACKEND``).
+
+    >>> import triton_embed
+    >>> triton_embed.get_backend() in ("auto", "triton", "reference")
+    True
+    """
+    return _state["backend"]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager form of :func:`set_backend`.
+
+    >>> import torch, triton_embed
+    >>> with triton_embed.use_backend("reference"):
+    ...     out = triton_embed.functional.embedding(torch.tensor([1]), torch.ones(3, 2))
+    """
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def set_index_check(enabled: bool) -> None:
+    """Turn the host-side index bounds check on (default) or off.
+
+    The check costs one device-to-host sync per op; turn it off to capture CUDA graphs. With it off,
+    out-of-range ids still never reach memory: the kernels read nothing for them and write zeros.
+
+    >>> import triton_embed
+    >>> triton_embed.set_index_check(False); triton_embed.set_index_check(True)
+    """
+    _state["check_indices"] = bool(enabled)
+
+
+def index_check_enabled() -> bool:
+    """Whether ops check index bounds on the host (see :func:`set_index_check`)."""
+    return _state["check_indices"]
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether an op on ``tensor`` runs the Triton kernels under the current backend."""
+    backend = _state["backend"]
+    if backend == "reference":
+        return False
+    if tensor.is_cuda:
+        return True
+    if interpreter_enabled():
+        return True
+    if backend == "triton":
+        raise RuntimeError(
+            "triton_embed backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before import "
+            f"to run the kernels on the CPU; got a tensor on {tensor.device}"
+        )
+    return False
+
+
+def device_guard(tensor: torch.Tensor):
+    """Make ``tensor``'s CUDA device current for a launch (Triton launches on the current device)."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def record_launch(name: str) -> None:
+    launch_counts[name] += 1

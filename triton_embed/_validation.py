@@ -1,0 +1,76 @@
+"""Argument checks shared by the functional API and the modules; PyTorch's exception types, clearer words."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._dispatch import index_check_enabled
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+class PaddingIdxError(ValueError, AssertionError):
+    """padding_idx outside [-num_embeddings, num_embeddings). An AssertionError too, as PyTorch raises."""
+
+
+def check_indices_dtype(indices: torch.Tensor) -> None:
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"embedding indices must be a torch.Tensor, got {type(indices).__name__}")
+    if indices.dtype not in INDEX_DTYPES:
+        raise RuntimeError(
+            "Expected tensor for argument #1 'indices' to have one of the following scalar types: Long, Int; "
+            f"but got {indices.dtype} instead (embedding indices must be int32 or int64)"
+        )
+
+
+def check_weight(weight: torch.Tensor) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"embedding weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise RuntimeError(f"'weight' must be 2-D, got a {weight.dim()}-D tensor of shape {tuple(weight.shape)}")
+
+
+def normalize_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
+    """padding_idx as a row number in [0, num_embeddings), or None; negative values count from the end."""
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+        raise TypeError(f"padding_idx must be an int or None, got {type(padding_idx).__name__}")
+    if padding_idx >= num_embeddings or padding_idx < -num_embeddings:
+        raise PaddingIdxError(
+            f"Padding_idx must be within num_embeddings: got padding_idx={padding_idx} "
+            f"for num_embeddings={num_embeddings}"
+        )
+    return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
+
+
+def check_max_norm(max_norm: float | None, norm_type: float) -> None:
+    if max_norm is not None:
+        value = float(max_norm)
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"max_norm must be a non-negative number, got {max_norm}")
+    if math.isnan(float(norm_type)):
+        raise ValueError(f"norm_type must be a number, got {norm_type}")
+
+
+def check_same_device(indices: torch.Tensor, weight: torch.Tensor) -> None:
+    if indices.device != weight.device:
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found indices on "
+            f"{indices.device} and weight on {weight.device}"
+        )
+
+
+def check_index_bounds(indices: torch.Tensor, num_embeddings: int) -> None:
+    """Raise IndexError if any id lies outside [0, num_embeddings). One host sync; off with set_index_check."""
+    if indices.numel() == 0 or not index_check_enabled():
+        return
+    low, high = torch.aminmax(indices)
+    low, high = torch.stack([low, high]).tolist()
+    if low < 0 or high >= num_embeddings:
+        bad = low if low < 0 else high
+        raise IndexError(
+            f"index out of range in self: embedding id {bad} is outside [0, {num_embeddings}) "
+            f"(ids span [{low}, {high}])"
+        )

@@ -1,0 +1,85 @@
+"""Modules: drop-in replacements for ``bitsandbytes.nn.Embedding`` (a ``torch.nn.Embedding`` subclass)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import functional
+from ._validation import normalize_padding_idx
+
+
+def _register_32bit_optimizer_state(module: torch.nn.Module) -> None:
+    """As bitsandbytes does: keep 32-bit optimizer state for embedding weights when its 8-bit optimizers run."""
+    try:
+        from bitsandbytes.optim import GlobalOptimManager
+    except Exception:  # bitsandbytes is optional; without it there is nothing to register with
+        return
+    GlobalOptimManager.get_instance().register_module_override(module, "weight", {"optim_bits": 32})
+
+
+class Embedding(torch.nn.Embedding):
+    """A lookup table on Triton kernels; drop-in for ``bitsandbytes.nn.Embedding`` and ``torch.nn.Embedding``.
+
+    Same constructor as bitsandbytes (plus ``dtype``), xavier-uniform init with the padding row zeroed,
+    the same state_dict (``weight``), all seven ``F.embedding`` options.
+
+    Args:
+        num_embeddings: rows in the table.
+        embedding_dim: size of each row.
+        padding_idx: row whose gradient stays zero (and is zeroed at init); negative counts from the end.
+        max_norm: rows looked up with a larger ``norm_type``-norm are rescaled in place to ``max_norm``.
+        norm_type: p of the p-norm for ``max_norm``.
+        scale_grad_by_freq: divide gradients by the ids' counts in the batch.
+        sparse: sparse COO weight gradients.
+        _weight: an initial table (no init is run then).
+        device, dtype: where and in which dtype the table is created.
+        _freeze: with ``_weight``, keep the table out of autograd (as ``torch.nn.Embedding``).
+        deterministic: always use the bitwise-repeatable backward.
+
+    >>> import torch, triton_embed
+    >>> emb = triton_embed.Embedding(10, 4, padding_idx=0)
+    >>> emb(torch.tensor([[1, 0, 3]])).shape
+    torch.Size([1, 3, 4])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        _freeze: bool = False,
+        deterministic: bool = False,
+    ) -> None:
+        normalize_padding_idx(padding_idx, num_embeddings)  # our error (a ValueError too) before torch's assert
+        self.deterministic = deterministic
+        super().__init__(
+            num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+            _weight, _freeze, device=device, dtype=dtype,
+        )
+        _register_32bit_optimizer_state(self)
+
+    def reset_parameters(self) -> None:
+        """bitsandbytes' init: xavier-uniform weight, then the padding row zeroed."""
+        torch.nn.init.xavier_uniform_(self.weight)
+        self._fill_padding_idx_with_zero()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return functional.embedding(
+            input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+            self.sparse, deterministic=self.deterministic,
+        )
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text + ", deterministic=True" if self.deterministic else text
+
+
+__all__ = ["Embedding"]

@@ -1,0 +1,1 @@
+"""Launchers (allocate, pick a config, launch the kernels) and the custom ops built on them."""

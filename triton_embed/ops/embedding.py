@@ -1,0 +1,149 @@
+"""The embedding custom ops (``torch.ops.triton_embed.*``): each dispatches to the Triton launchers or the
+reference path, with a fake implementation for tracing and a registered autograd formula."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from .._dispatch import use_triton
+from .._validation import check_index_bounds
+from . import embedding_backward, gather, renorm
+
+
+@torch.library.custom_op("triton_embed::embedding", mutates_args=())
+def embedding(
+    weight: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool, sparse: bool, deterministic: bool
+) -> Tensor:
+    """``weight[indices]``; the other arguments only shape the backward (``padding_idx=-1``: none)."""
+    check_index_bounds(indices, weight.shape[0])
+    if use_triton(weight):
+        return gather.gather(weight, indices)
+    return reference.gather(weight, indices)
+
+
+@embedding.register_fake
+def _(weight, indices, padding_idx, scale_grad_by_freq, sparse, deterministic):
+    return weight.new_empty((*indices.shape, weight.shape[1]))
+
+
+def _embedding_setup_context(ctx, inputs, output) -> None:
+    weight, indices, padding_idx, scale_grad_by_freq, sparse, deterministic = inputs
+    ctx.save_for_backward(indices)
+    ctx.num_weights = weight.shape[0]
+    ctx.options = (padding_idx, scale_grad_by_freq, sparse, deterministic)
+
+
+def _embedding_backward(ctx, grad: Tensor):
+    (indices,) = ctx.saved_tensors
+    padding_idx, scale_grad_by_freq, sparse, deterministic = ctx.options
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    if sparse:
+        grad_weight = sparse_backward(grad, indices, ctx.num_weights, padding_idx, scale_grad_by_freq)
+    else:
+        grad_weight = torch.ops.triton_embed.embedding_dense_backward(
+            grad, indices, ctx.num_weights, padding_idx, scale_grad_by_freq, deterministic
+        )
+    return grad_weight, None, None, None, None, None
+
+
+embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup_context)
+
+
+def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
+    """PyTorch's uncoalesced sparse COO weight gradient: one entry per non-padding token."""
+    if scale_grad_by_freq:
+        raise RuntimeError("embedding_backward: scale_grad_by_freq not supported with sparse gradients")
+    dim = grad.shape[-1]
+    flat = indices.reshape(-1)
+    values = grad.reshape(-1, dim)
+    if padding_idx >= 0:
+        # Dropping padding tokens has a data-dependent size: sparse gradients cost a host sync, as in PyTorch.
+        keep = torch.nonzero(flat != padding_idx).squeeze(1)
+        flat = flat[keep]
+        values = torch.ops.triton_embed.embedding(values, keep, -1, False, False, False)
+    return torch.sparse_coo_tensor(
+        flat.reshape(1, -1).to(torch.int64), values, (num_weights, dim), is_coalesced=False
+    )
+
+
+@torch.library.custom_op("triton_embed::embedding_dense_backward", mutates_args=())
+def embedding_dense_backward(
+    grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool, deterministic: bool
+) -> Tensor:
+    """The dense (num_weights, D) weight gradient of a lookup."""
+    if use_triton(grad):
+        return embedding_backward.dense_backward(
+            grad, indices, num_weights, padding_idx, scale_grad_by_freq, deterministic
+        )
+    return reference.embedding_dense_backward(grad, indices, num_weights, padding_idx, scale_grad_by_freq)
+
+
+@embedding_dense_backward.register_fake
+def _(grad, indices, num_weights, padding_idx, scale_grad_by_freq, deterministic):
+    return grad.new_empty((num_weights, grad.shape[-1]))
+
+
+def _dense_backward_setup_context(ctx, inputs, output) -> None:
+    grad, indices, num_weights, padding_idx, scale_grad_by_freq, deterministic = inputs
+    ctx.save_for_backward(indices)
+    ctx.options = (num_weights, padding_idx, scale_grad_by_freq, deterministic)
+
+
+def _dense_backward_backward(ctx, grad_grad_weight: Tensor):
+    """The gradient w.r.t. the output gradient: gather, zero at padding, divide by the id counts."""
+    (indices,) = ctx.saved_tensors
+    num_weights, padding_idx, scale_grad_by_freq, deterministic = ctx.options
+    grad_grad = torch.ops.triton_embed.embedding(grad_grad_weight, indices, -1, False, False, deterministic)
+    if padding_idx >= 0 or scale_grad_by_freq:
+        factor = (indices != padding_idx).to(grad_grad.dtype)
+        if scale_grad_by_freq:
+            counts = torch.bincount(indices.reshape(-1), minlength=num_weights)
+            factor = factor / counts[indices].to(grad_grad.dtype)
+        grad_grad = grad_grad * factor.unsqueeze(-1)
+    return grad_grad, None, None, None, None, None
+
+
+embedding_dense_backward.register_autograd(_dense_backward_backward, setup_context=_dense_backward_setup_context)
+
+
+@torch.library.custom_op("triton_embed::embedding_renorm_", mutates_args=("weight",))
+def embedding_renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
+    """In place and without grad: rows named by ``indices`` whose norm exceeds ``max_norm`` are scaled."""
+    check_index_bounds(indices, weight.shape[0])
+    if use_triton(weight):
+        renorm.renorm_(weight, indices, max_norm, norm_type)
+    else:
+        reference.embedding_renorm_(weight, indices, max_norm, norm_type)
+
+
+@embedding_renorm_.register_fake
+def _(weight, indices, max_norm, norm_type):
+    return None
+
+
+class EmbeddingWithForwardAD(torch.autograd.Function):
+    """The embedding op as an autograd.Function with a jvp, for forward-mode AD and torch.func transforms
+    (custom ops carry only a backward formula). Eager only: torch.compile takes the custom op."""
+
+    @staticmethod
+    def forward(weight, indices, padding_idx, scale_grad_by_freq, sparse, deterministic):
+        return torch.ops.triton_embed.embedding(weight, indices, padding_idx, scale_grad_by_freq, sparse, deterministic)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _embedding_setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _embedding_backward(ctx, grad)
+
+    @staticmethod
+    def jvp(ctx, weight_tangent, *_):
+        (indices,) = ctx.saved_tensors
+        return torch.ops.triton_embed.embedding(weight_tangent, indices, -1, False, False, False)
+
+
+__all__ = ["embedding", "embedding_dense_backward", "embedding_renorm_", "EmbeddingWithForwardAD"]

@@ -1,0 +1,210 @@
+"""Autotuning: config lists kept as data, the choice per (kernel, dtype, dim, token bucket), and the
+persistent per-GPU cache written by ``python -m triton_embed.bench`` and read at run time.
+
+Cache file: ``$TRITON_EMBED_CACHE_DIR/tuning.json``, default ``~/.cache/triton_embed/tuning.json``
+(``$XDG_CACHE_HOME`` honoured). Entries are grouped by GPU name and Triton version.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import triton
+
+from ._dispatch import interpreter_enabled
+
+Config = dict[str, int]
+
+#: Candidate launch configs per kernel. Block keys are the kernels' constexprs; num_warps/num_stages
+#: are launch options. The first entry is the default used without tuning.
+CONFIGS: dict[str, list[Config]] = {
+    "gather": [
+        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 16, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 16, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_T": 32, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
+    ],
+    "scatter_add": [
+        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 16, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 32, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
+    ],
+    "segment_sum": [
+        {"CHUNK": 32, "BLOCK_D": 256, "num_warps": 2, "num_stages": 1},
+        {"CHUNK": 16, "BLOCK_D": 256, "num_warps": 2, "num_stages": 1},
+        {"CHUNK": 64, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
+        {"CHUNK": 32, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        {"CHUNK": 8, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    ],
+    "renorm": [
+        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 1, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+    ],
+}
+
+#: One config per kernel under the interpreter: no GPU benchmarker there, and big tiles keep the
+#: number of interpreted programs small.
+INTERPRETER_CONFIGS: dict[str, Config] = {
+    "gather": {"BLOCK_T": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "scatter_add": {"BLOCK_T": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "segment_sum": {"CHUNK": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "renorm": {"BLOCK_T": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+}
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+
+_chosen: dict[str, Config] = {}
+_file_entries: dict[str, Config] | None = None
+
+
+def token_bucket(tokens: int) -> int:
+    """Power-of-two bucket of a token count: configs are tuned per bucket, not per exact count."""
+    return 1 if tokens <= 1 else 1 << (int(tokens) - 1).bit_length()
+
+
+def tuning_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int) -> str:
+    """The cache key of one tuning decision.
+
+    >>> tuning_key("gather", torch.float32, 768, 5000)
+    'gather|float32|768|8192'
+    """
+    return f"{kernel}|{str(dtype).removeprefix('torch.')}|{dim}|{token_bucket(tokens)}"
+
+
+def device_tag(device: torch.device | None = None) -> str:
+    """GPU name and Triton version: tuned configs are valid only for the pair they were measured on."""
+    if interpreter_enabled() or not torch.cuda.is_available():
+        gpu = "interpreter" if interpreter_enabled() else "cpu"
+    else:
+        gpu = torch.cuda.get_device_name(device)
+    return f"{gpu}|triton-{triton.__version__}"
+
+
+def cache_path() -> Path:
+    """Where tuned configs persist (``TRITON_EMBED_CACHE_DIR`` overrides the folder).
+
+    >>> cache_path().name
+    'tuning.json'
+    """
+    folder = os.environ.get("TRITON_EMBED_CACHE_DIR")
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "triton_embed")
+    return Path(folder) / "tuning.json"
+
+
+def read_cache(path: Path | None = None) -> dict[str, Any]:
+    """The whole cache file as a dict (``{"version": 1, "devices": {tag: {key: config}}}``)."""
+    path = path or cache_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"version": 1, "devices": {}}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"triton_embed tuning cache {path} is unreadable ({exc}); delete it to retune") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
+        raise RuntimeError(f"triton_embed tuning cache {path} has an unknown layout; delete it to retune")
+    return data
+
+
+def write_cache(entries: dict[str, Config], tag: str | None = None, path: Path | None = None) -> Path:
+    """Merge ``entries`` into the cache under ``tag`` (default: this GPU), safely against concurrent writers.
+
+    The file is rewritten under an exclusive lock and replaced atomically, so readers never see half a file
+    and two writers never lose each other's entries.
+    """
+    path = path or cache_path()
+    tag = tag or device_tag()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_cache(path)
+        data["devices"].setdefault(tag, {}).update(entries)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    global _file_entries
+    _file_entries = None
+    return path
+
+
+def _cached_entries() -> dict[str, Config]:
+    global _file_entries
+    if _file_entries is None:
+        _file_entries = read_cache().get("devices", {}).get(device_tag(), {})
+    return _file_entries
+
+
+def autotune_enabled() -> bool:
+    """Runtime tuning of keys missing from the cache; ``TRITON_EMBED_AUTOTUNE=0`` uses the defaults."""
+    return os.environ.get("TRITON_EMBED_AUTOTUNE", "1") not in ("0", "false", "False")
+
+
+def chosen_configs() -> dict[str, Config]:
+    """Every config chosen in this process so far, by tuning key."""
+    return dict(_chosen)
+
+
+def forget_choices() -> None:
+    """Drop the in-process choices (the next call consults the cache file or tunes again)."""
+    global _file_entries
+    _chosen.clear()
+    _file_entries = None
+
+
+def choose(
+    kernel: str,
+    dtype: torch.dtype,
+    dim: int,
+    tokens: int,
+    bench: Callable[[Config], None] | None = None,
+    force_tune: bool = False,
+) -> Config:
+    """The config for one launch: in-process choice, else the cache file, else tuned with ``bench``
+    (which must run the kernel once with the given config on scratch buffers), else the default."""
+    if interpreter_enabled():
+        return INTERPRETER_CONFIGS[kernel]
+    key = tuning_key(kernel, dtype, dim, tokens)
+    if not force_tune:
+        if key in _chosen:
+            return _chosen[key]
+        cached = _cached_entries().get(key)
+        if cached is not None:
+            _chosen[key] = cached
+            return cached
+    config = CONFIGS[kernel][0]
+    if bench is not None and (force_tune or autotune_enabled()):
+        config = _fastest(CONFIGS[kernel], bench)
+    _chosen[key] = config
+    return config
+
+
+def _fastest(configs: list[Config], bench: Callable[[Config], None]) -> Config:
+    from triton.testing import do_bench
+
+    best, best_ms = configs[0], float("inf")
+    for config in configs:
+        try:
+            ms = do_bench(lambda: bench(config), warmup=5, rep=20)
+        except Exception:  # a config the GPU cannot run (out of resources) is just not a candidate
+            continue
+        if ms < best_ms:
+            best, best_ms = config, ms
+    return best
+
+
+def split(config: Config) -> tuple[dict[str, int], dict[str, int]]:
+    """(kernel constexprs, launch options) of a config."""
+    meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+    options = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
+    return meta, options
