@@ -1,0 +1,53 @@
+"""Shared test set-up.
+
+Without a GPU the Triton kernels run under Triton's interpreter: ``TRITON_INTERPRET`` is read when
+``@triton.jit`` runs, so it is set here, before any test module imports ``triton_embed``. With a GPU the
+same tests run natively on CUDA tensors.
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Runtime tuning would time every config on the first call of each shape: the tests use the defaults.
+os.environ.setdefault("TRITON_EMBED_AUTOTUNE", "0")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+settings.register_profile(
+    "sweep",
+    deadline=None,
+    max_examples=400,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where the kernels under test run: CUDA when present, else the CPU under the interpreter."""
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend():
+    """Every test starts on the 'auto' backend with the index check on, whatever the last one set."""
+    import triton_embed
+
+    triton_embed.set_backend("auto")
+    triton_embed.set_index_check(True)
+    yield
+    triton_embed.set_backend("auto")
+    triton_embed.set_index_check(True)
