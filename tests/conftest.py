@@ -51,3 +51,13 @@ def _auto_backend():
     yield
     triton_embed.set_backend("auto")
     triton_embed.set_index_check(True)
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs():
+    """Kernel outputs start as NaN in every test: unwritten elements cannot look right."""
+    from triton_embed import _dispatch
+
+    _dispatch.set_poison(True)
+    yield
+    _dispatch.set_poison(False)

@@ -110,3 +110,20 @@ def device_guard(tensor: torch.Tensor):
 
 def record_launch(name: str) -> None:
     launch_counts[name] += 1
+
+
+_poison = {"enabled": os.environ.get("TRITON_EMBED_POISON", "0") not in ("0", "", "false", "False")}
+
+
+def set_poison(enabled: bool) -> None:
+    """Testing aid: fill every buffer a kernel must write with NaN (or -1 for integers) before the launch,
+    so a kernel that skips part of its output cannot pass for correct. ``TRITON_EMBED_POISON=1`` sets it."""
+    _poison["enabled"] = bool(enabled)
+
+
+def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised buffer a kernel will fully write (poisoned when :func:`set_poison` is on)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _poison["enabled"]:
+        out.fill_(float("nan") if dtype.is_floating_point else -1)
+    return out

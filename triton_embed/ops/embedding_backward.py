@@ -7,7 +7,7 @@ import triton
 from triton_embed.kernels.scatter import scatter_add_rows_kernel, segment_sum_carry_kernel, segment_sum_kernel
 
 from .. import tuning
-from .._dispatch import device_guard, record_launch
+from .._dispatch import device_guard, new_output, record_launch
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -81,8 +81,8 @@ def _segment_sum(grad_2d, flat, counts, out, padding_idx, scale_grad_by_freq, ac
         meta, options = tuning.split(config)
         meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
         num_chunks = triton.cdiv(num_tokens, meta["CHUNK"])
-        head = torch.empty((num_chunks, dim), dtype=acc_dtype, device=out.device)
-        tail = torch.empty((num_chunks, dim), dtype=acc_dtype, device=out.device)
+        head = new_output((num_chunks, dim), acc_dtype, out.device)
+        tail = new_output((num_chunks, dim), acc_dtype, out.device)
         grid = (num_chunks, triton.cdiv(dim, meta["BLOCK_D"]))
         segment_sum_kernel[grid](
             grad_2d, sorted_ids, order, counts, out, head, tail, num_tokens, dim, padding_idx,

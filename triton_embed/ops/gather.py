@@ -7,7 +7,7 @@ import triton
 from triton_embed.kernels.gather import gather_rows_kernel
 
 from .. import tuning
-from .._dispatch import device_guard, record_launch
+from .._dispatch import device_guard, new_output, record_launch
 
 
 def gather(weight: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -18,7 +18,7 @@ def gather(weight: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     flat = indices.reshape(-1)
     num_tokens = flat.numel()
     num_rows, dim = weight.shape
-    out = torch.empty((num_tokens, dim), dtype=weight.dtype, device=weight.device)
+    out = new_output((num_tokens, dim), weight.dtype, weight.device)
     if num_tokens and dim:
         with device_guard(weight):
             def launch(config: tuning.Config) -> None:
