@@ -21,21 +21,21 @@ settings.register_profile(
     "default",
     deadline=None,
     max_examples=25,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     derandomize=True,
 )
 settings.register_profile(
     "sweep",
     deadline=None,
     max_examples=400,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def device() -> torch.device:
     """Where the kernels under test run: CUDA when present, else the CPU under the interpreter."""
     return DEVICE

@@ -1,0 +1,177 @@
+"""Property tests: the Triton kernels (natively on a GPU, under the interpreter on CPU) against the
+reference path and float64 oracles, across the option space of F.embedding."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import triton_embed
+from oracle import assert_close_to_oracle, assert_exact
+from strategies import NORM_TYPES, index_cases, padding_choices, table_cases
+
+
+def dense_grad_oracle(grad, indices, num_embeddings, padding_idx, scale_grad_by_freq):
+    """The weight gradient in float64 on the CPU: depends only on the output gradient and the ids."""
+    pad = -1 if padding_idx is None else padding_idx % num_embeddings
+    return torch.ops.aten.embedding_dense_backward(
+        grad.double().cpu().reshape(-1, grad.shape[-1]), indices.cpu().reshape(-1), num_embeddings, pad,
+        scale_grad_by_freq,
+    )
+
+
+@given(
+    table=table_cases(),
+    index=index_cases(),
+    data=st.data(),
+    scale_grad_by_freq=st.booleans(),
+    deterministic=st.booleans(),
+)
+def test_lookup_and_dense_gradient_match_reference(device, table, index, data, scale_grad_by_freq, deterministic):
+    padding_idx = data.draw(padding_choices(table.num_embeddings))
+    weight = table.make(device)
+    ids = index.make(table.num_embeddings, device)
+    ref_weight = weight.detach().clone().requires_grad_()
+
+    out = triton_embed.functional.embedding(
+        ids, weight, padding_idx, scale_grad_by_freq=scale_grad_by_freq, deterministic=deterministic
+    )
+    expected = F.embedding(ids, ref_weight, padding_idx, scale_grad_by_freq=scale_grad_by_freq)
+    assert_exact(out, expected)
+
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(index.seed)).to(out.dtype).to(device)
+    out.backward(grad)
+    expected.backward(grad)
+    oracle = dense_grad_oracle(grad, ids, table.num_embeddings, padding_idx, scale_grad_by_freq)
+    assert weight.grad.dtype == weight.dtype and weight.grad.shape == weight.shape
+    assert_close_to_oracle(weight.grad, oracle, ref_weight.grad, what="weight gradient")
+    if padding_idx is not None:
+        assert not weight.grad[padding_idx].any(), "padding row got a gradient"
+
+
+@given(table=table_cases(), index=index_cases(), data=st.data())
+def test_gradient_rows_sum_to_output_gradient(device, table, index, data):
+    weight = table.make(device)
+    ids = index.make(table.num_embeddings, device)
+    deterministic = data.draw(st.booleans())
+    out = triton_embed.functional.embedding(ids, weight, deterministic=deterministic)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(index.seed)).to(out.dtype).to(device)
+    out.backward(grad)
+    total = grad.double().reshape(-1, table.dim).sum(0).cpu()
+    column_sums = weight.grad.double().sum(0).cpu()
+    # Each row sum is rounded once to the weight dtype, then summed again.
+    rtol = 1e-5 if weight.dtype == torch.float32 else 4 * torch.finfo(weight.dtype).eps
+    bound = rtol * (grad.double().abs().reshape(-1, table.dim).sum(0).cpu() + 1e-3)
+    assert ((column_sums - total).abs() <= bound).all()
+
+
+@given(table=table_cases(), index=index_cases(), data=st.data())
+def test_deterministic_backward_is_bitwise_repeatable(device, table, index, data):
+    padding_idx = data.draw(padding_choices(table.num_embeddings))
+    scale = data.draw(st.booleans())
+    ids = index.make(table.num_embeddings, device)
+    grads = []
+    for _ in range(2):
+        weight = table.make(device)
+        out = triton_embed.functional.embedding(ids, weight, padding_idx, scale_grad_by_freq=scale, deterministic=True)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(index.seed)).to(out.dtype).to(device)
+        out.backward(grad)
+        grads.append(weight.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_deterministic_algorithms_flag_selects_the_deterministic_path(device):
+    weight = torch.randn(9, 5, device=device, requires_grad=True)
+    ids = torch.randint(0, 9, (40,), device=device)
+    before = triton_embed.launch_counts["segment_sum_kernel"]
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        triton_embed.functional.embedding(ids, weight).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert triton_embed.launch_counts["segment_sum_kernel"] == before + 1
+
+
+@given(table=table_cases(), index=index_cases(), data=st.data())
+def test_sparse_gradient_matches_pytorch_after_coalesce(device, table, index, data):
+    padding_idx = data.draw(padding_choices(table.num_embeddings))
+    weight = table.make(device)
+    ids = index.make(table.num_embeddings, device)
+    ref_weight = weight.detach().clone().requires_grad_()
+    out = triton_embed.functional.embedding(ids, weight, padding_idx, sparse=True)
+    # PyTorch's own sparse backward fails on 0-d ids; the same ids flattened give it the same gradient.
+    expected = F.embedding(ids.reshape(-1), ref_weight, padding_idx, sparse=True)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(index.seed)).to(out.dtype).to(device)
+    out.backward(grad)
+    expected.backward(grad.reshape(expected.shape))
+    assert weight.grad.is_sparse
+    ours, theirs = weight.grad.coalesce(), ref_weight.grad.coalesce()
+    assert_exact(ours.indices(), theirs.indices())
+    assert_exact(ours.values(), theirs.values())
+
+
+def test_sparse_with_scale_grad_by_freq_raises_like_pytorch(device):
+    weight = torch.randn(5, 3, device=device, requires_grad=True)
+    out = triton_embed.functional.embedding(torch.tensor([1, 1], device=device), weight, scale_grad_by_freq=True, sparse=True)
+    with pytest.raises(RuntimeError, match="scale_grad_by_freq not supported with sparse gradients"):
+        out.sum().backward()
+
+
+@given(table=table_cases(), index=index_cases(), norm_type=st.sampled_from(NORM_TYPES), data=st.data())
+def test_max_norm_renorm_matches_reference(device, table, index, norm_type, data):
+    weight = table.make(device, requires_grad=False)
+    ids = index.make(table.num_embeddings, device)
+    original = weight.clone()
+    norms = weight.double().norm(p=norm_type, dim=1)
+    # Around the median norm, so some rows are rescaled and some are not.
+    max_norm = float(norms.median()) * data.draw(st.sampled_from([0.5, 1.0, 1.5]))
+    torch_weight = original.clone()
+    oracle = original.double().cpu()
+
+    out = triton_embed.functional.embedding(ids, weight, max_norm=max_norm, norm_type=norm_type)
+    F.embedding(ids, torch_weight, max_norm=max_norm, norm_type=norm_type)
+    torch.embedding_renorm_(oracle, ids.cpu().long(), max_norm, norm_type)
+
+    touched = torch.zeros(table.num_embeddings, dtype=torch.bool)
+    touched[ids.cpu().reshape(-1).long()] = True
+    assert torch.equal(weight[~touched.to(device)], original[~touched.to(device)]), "an untouched row changed"
+    assert_close_to_oracle(weight, oracle, torch_weight, what="renormed table")
+    new_norms = weight.double().norm(p=norm_type, dim=1).cpu()
+    slack = 1e-5 if weight.dtype == torch.float32 else 2e-2
+    assert (new_norms[touched] <= max_norm * (1 + slack) + 1e-6).all(), "a renormed row exceeds max_norm"
+    assert_exact(out, weight[ids])
+
+
+@given(index=index_cases(), data=st.data())
+def test_renorm_with_duplicates_equals_renorm_of_unique_ids(device, index, data):
+    table = data.draw(table_cases())
+    ids = index.make(table.num_embeddings, device)
+    with_duplicates = table.make(device, requires_grad=False)
+    unique = with_duplicates.clone()
+    triton_embed.functional.embedding(ids, with_duplicates, max_norm=0.3)
+    triton_embed.functional.embedding(ids.reshape(-1).unique(), unique, max_norm=0.3)
+    assert torch.equal(with_duplicates, unique)
+
+
+@pytest.mark.sweep
+@settings(max_examples=400)
+@given(table=table_cases(max_rows=300, max_dim=260), index=index_cases(max_tokens=400), data=st.data())
+def test_sweep_large(device, table, index, data):
+    """The larger sweep behind ``-m sweep``: bigger tables, more tokens, every option together."""
+    padding_idx = data.draw(padding_choices(table.num_embeddings))
+    scale = data.draw(st.booleans())
+    weight = table.make(device)
+    ids = index.make(table.num_embeddings, device)
+    ref_weight = weight.detach().clone().requires_grad_()
+    out = triton_embed.functional.embedding(ids, weight, padding_idx, scale_grad_by_freq=scale,
+                                            deterministic=data.draw(st.booleans()))
+    expected = F.embedding(ids, ref_weight, padding_idx, scale_grad_by_freq=scale)
+    assert_exact(out, expected)
+    grad = torch.randn(out.shape).to(out.dtype).to(device)
+    out.backward(grad)
+    expected.backward(grad)
+    oracle = dense_grad_oracle(grad, ids, table.num_embeddings, padding_idx, scale)
+    assert_close_to_oracle(weight.grad, oracle, ref_weight.grad, what="weight gradient")
