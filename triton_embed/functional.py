@@ -64,4 +64,147 @@ def _forward_mode_ad(weight: Tensor) -> bool:
     return forward_ad._current_level >= 0 or torch._C._functorch.is_functorch_wrapped_tensor(weight)
 
 
-__all__ = ["embedding"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LayerNorm and StableEmbedding (issue 3)
+
+from .ops import layer_norm as _layer_norm_ops  # noqa: E402  (registers triton_embed::layer_norm*)
+from .ops import stable_embedding as _stable_ops  # noqa: E402  (registers triton_embed::stable_embedding*)
+
+
+def _check_norm_param(param: Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> None:
+    if param is None:
+        return
+    if not isinstance(param, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(param).__name__}")
+    if tuple(param.shape) != tuple(shape):
+        raise RuntimeError(
+            f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+            f"{list(param.shape)} and normalized_shape = {list(shape)}"
+        )
+    if not param.dtype.is_floating_point:
+        raise RuntimeError(f"{name} must be a floating tensor, got {param.dtype}")
+    if param.device != device:
+        raise RuntimeError(
+            f"Expected all tensors to be on the same device, but found {name} on {param.device} and input on {device}"
+        )
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: int | list[int] | tuple[int, ...] | torch.Size,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer normalisation over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.layer_norm``,
+    on the Triton kernels: float32 statistics whatever the input dtype (float64 for float64 input), a
+    deterministic backward (dγ/dβ through per-program partials and a fixed-order second stage).
+
+    Args:
+        input: a floating tensor ``(..., *normalized_shape)``.
+        normalized_shape: the trailing shape to normalise over (an int for the last dim).
+        weight, bias: optional affine parameters of shape ``normalized_shape``, any floating dtype.
+        eps: added to the variance.
+
+    Returns:
+        A tensor like ``input`` (same shape and dtype).
+
+    >>> import torch, triton_embed
+    >>> x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    >>> y = triton_embed.functional.layer_norm(x, 4)
+    >>> torch.allclose(y, torch.nn.functional.layer_norm(x, (4,)))
+    True
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"layer_norm input must be a torch.Tensor, got {type(input).__name__}")
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(int(s) for s in normalized_shape)
+    if not shape:
+        raise ValueError("normalized_shape must name at least one dim")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"layer_norm expects a floating input, got {input.dtype}")
+    if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(
+            f"Given normalized_shape={list(shape)}, expected input with shape [*, {', '.join(map(str, shape))}], "
+            f"but got input of size{list(input.shape)}"
+        )
+    _check_norm_param(weight, "weight", shape, input.device)
+    _check_norm_param(bias, "bias", shape, input.device)
+    dim = 1
+    for s in shape:
+        dim *= s
+    x = input.reshape(*input.shape[: input.dim() - len(shape)], dim)
+    w = weight.reshape(dim) if weight is not None else None
+    b = bias.reshape(dim) if bias is not None else None
+    y, _, _ = torch.ops.triton_embed.layer_norm(x, w, b, float(eps))
+    return y.view(input.shape)
+
+
+def stable_embedding(
+    input: Tensor,
+    weight: Tensor,
+    norm_weight: Tensor | None,
+    norm_bias: Tensor | None,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    eps: float = 1e-5,
+    *,
+    deterministic: bool | None = None,
+) -> Tensor:
+    """bitsandbytes' StableEmbedding forward as one fused op: look up rows of ``weight``, cast them to
+    ``torch.get_default_dtype()``, LayerNorm them over the last dim with ``norm_weight``/``norm_bias``,
+    and cast the result back to ``weight``'s dtype.
+
+    One kernel launch (two more for ``max_norm``'s in-place renorm); for backward only the indices and a
+    float32 mean and rstd per token are kept, the rows are gathered again.
+
+    Args:
+        input: int32/int64 ids of any shape, each in ``[0, weight.shape[0])``.
+        weight: the ``(num_embeddings, embedding_dim)`` table, any floating dtype.
+        norm_weight, norm_bias: the LayerNorm's ``(embedding_dim,)`` parameters (float32 in
+            bitsandbytes' module), or None.
+        padding_idx: a row whose gradient stays zero (negative counts from the end).
+        max_norm: if set, rows named by ``input`` whose ``norm_type``-norm exceeds it are rescaled
+            in place, without grad, before the lookup.
+        norm_type: the p of the p-norm for ``max_norm``.
+        scale_grad_by_freq: divide each id's weight gradient by its count in ``input``.
+        sparse: give ``weight`` a sparse COO gradient.
+        eps: the LayerNorm's epsilon.
+        deterministic: force the bitwise-repeatable backward; it is also used whenever
+            ``torch.are_deterministic_algorithms_enabled()``.
+
+    Returns:
+        ``input.shape + (embedding_dim,)``, in ``weight``'s dtype.
+
+    >>> import torch, triton_embed
+    >>> weight = torch.arange(8.0).view(2, 4)
+    >>> out = triton_embed.functional.stable_embedding(torch.tensor([1]), weight, torch.ones(4), torch.zeros(4))
+    >>> [round(v, 4) for v in out[0].tolist()]
+    [-1.3416, -0.4472, 0.4472, 1.3416]
+    """
+    check.check_weight(weight)
+    check.check_indices_dtype(input)
+    check.check_same_device(input, weight)
+    check.check_max_norm(max_norm, norm_type)
+    if not weight.dtype.is_floating_point:
+        raise RuntimeError(f"stable_embedding needs a floating weight, got {weight.dtype}")
+    _check_norm_param(norm_weight, "norm_weight", (weight.shape[1],), weight.device)
+    _check_norm_param(norm_bias, "norm_bias", (weight.shape[1],), weight.device)
+    padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
+    padding = -1 if padding is None else padding
+    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+    if max_norm is not None:
+        with torch.no_grad():
+            torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
+    out, _, _ = torch.ops.triton_embed.stable_embedding(
+        weight, input, norm_weight, norm_bias, float(eps), torch.get_default_dtype(), padding,
+        bool(scale_grad_by_freq), bool(sparse), deterministic,
+    )
+    return out
+
+
+__all__ = ["embedding", "layer_norm", "stable_embedding"]

@@ -1,0 +1,17 @@
+"""Every Python block in the README runs as written."""
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_example_runs(block):
+    exec(compile(block, str(README), "exec"), {})
+
+
+def test_readme_has_examples():
+    assert BLOCKS
