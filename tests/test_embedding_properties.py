@@ -175,3 +175,20 @@ def test_sweep_large(device, table, index, data):
     expected.backward(grad)
     oracle = dense_grad_oracle(grad, ids, table.num_embeddings, padding_idx, scale)
     assert_close_to_oracle(weight.grad, oracle, ref_weight.grad, what="weight gradient")
+
+
+@pytest.mark.parametrize("dim", [16384, 16383])
+def test_wide_rows(device, dim):
+    """Dims up to at least 16384: the column grid and the renorm's column loop cover every element."""
+    weight = torch.randn(5, dim, device=device, requires_grad=True)
+    ids = torch.tensor([4, 0, 4, 2], device=device)
+    ref_weight = weight.detach().clone().requires_grad_()
+    out = triton_embed.functional.embedding(ids, weight, max_norm=50.0)
+    expected = F.embedding(ids, ref_weight, max_norm=50.0)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    grad = torch.randn(4, dim, device=device)
+    for deterministic in (False, True):
+        weight.grad = None
+        triton_embed.functional.embedding(ids, weight, deterministic=deterministic).backward(grad)
+        oracle = dense_grad_oracle(grad, ids, 5, None, False)
+        assert_close_to_oracle(weight.grad, oracle, what=f"deterministic={deterministic}")
