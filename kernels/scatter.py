@@ -41,28 +41,9 @@ def scatter_add_rows_kernel(
 
 
 @triton.jit
-def _finish_run(
-    acc, value, run_start, run_end, chunk, chunk_start, chunk_end, prev_value, next_value,
-    out_ptr, stride_ov, stride_od, head_ptr, tail_ptr, counts_ptr, cols, col_mask, D,
-    padding_idx, SCALE_BY_FREQ: tl.constexpr,
-):
-    """Write the sum of one run of equal sorted ids: final row, or a partial for the second pass."""
-    continues_from_before = (run_start == chunk_start) & (prev_value == value)
-    spills_over = (run_end == chunk_end) & (next_value == value)
-    partial_offsets = chunk.to(tl.int64) * D + cols
-    if value != padding_idx:
-        if continues_from_before:
-            tl.store(head_ptr + partial_offsets, acc, mask=col_mask)
-        elif spills_over:
-            tl.store(tail_ptr + partial_offsets, acc, mask=col_mask)
-        else:
-            if SCALE_BY_FREQ:
-                acc = acc / tl.load(counts_ptr + value).to(acc.dtype)
-            tl.store(
-                out_ptr + value.to(tl.int64) * stride_ov + cols.to(tl.int64) * stride_od,
-                acc.to(out_ptr.dtype.element_ty),
-                mask=col_mask,
-            )
+def _segmented_add(starts_a, sum_a, starts_b, sum_b):
+    """Combine of a segmented prefix sum: a new run (starts_b) restarts the sum."""
+    return starts_a | starts_b, tl.where(starts_b != 0, sum_b, sum_a + sum_b)
 
 
 @triton.jit
@@ -72,8 +53,8 @@ def segment_sum_kernel(
     order_ptr,  # (N,) int64 token position of each sorted id, contiguous
     counts_ptr,  # (V,) int64 occurrences per id (read only when SCALE_BY_FREQ)
     out_ptr,  # (V, D) weight gradient, weight's dtype, zero-filled; strides (stride_ov, stride_od)
-    head_ptr,  # (num_chunks, D) float scratch: partial sum of a run continued from the previous chunk
-    tail_ptr,  # (num_chunks, D) float scratch: partial sum of a run that spills into the next chunk
+    head_ptr,  # (num_chunks, D) float scratch: sum of a run continued from the previous chunk
+    tail_ptr,  # (num_chunks, D) float scratch: sum of a run that starts here and spills into the next chunk
     N,
     D,
     padding_idx,
@@ -86,41 +67,51 @@ def segment_sum_kernel(
     SCALE_BY_FREQ: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):
-    """First pass: program (chunk, col block) sums each run of equal ids inside its CHUNK sorted tokens,
-    in sorted order. Runs that lie wholly inside the chunk are written to ``out``; runs cut by a chunk
-    boundary leave partials that ``segment_sum_carry_kernel`` adds in a fixed order."""
+    """First pass: program (chunk, col block) loads the gradient rows of CHUNK consecutive sorted tokens as
+    one tile and sums each run of equal ids with a segmented scan (a fixed combining order). A run that lies
+    wholly inside the chunk is written to ``out`` once; a run cut by a chunk boundary leaves its partial in
+    ``head``/``tail`` for ``segment_sum_carry_kernel``."""
     chunk = tl.program_id(0)
     pid_d = tl.program_id(1)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < D
     chunk_start = chunk * CHUNK
     chunk_end = tl.minimum(chunk_start + CHUNK, N)
-    prev_value = tl.load(sorted_ids_ptr + tl.maximum(chunk_start - 1, 0)).to(tl.int64)
-    prev_value = tl.where(chunk_start > 0, prev_value, -2)
-    next_value = tl.load(sorted_ids_ptr + tl.minimum(chunk_end, N - 1)).to(tl.int64)
-    next_value = tl.where(chunk_end < N, next_value, -2)
-    value = tl.load(sorted_ids_ptr + chunk_start).to(tl.int64)
-    run_start = chunk_start
-    acc = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-    for i in range(chunk_start, chunk_end):
-        value_i = tl.load(sorted_ids_ptr + i).to(tl.int64)
-        if value_i != value:
-            _finish_run(acc, value, run_start, i, chunk, chunk_start, chunk_end, prev_value, next_value,
-                        out_ptr, stride_ov, stride_od, head_ptr, tail_ptr, counts_ptr, cols, col_mask, D,
-                        padding_idx, SCALE_BY_FREQ)
-            acc = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-            value = value_i
-            run_start = i
-        token = tl.load(order_ptr + i).to(tl.int64)
-        # Padding tokens read nothing. (The id is broadcast to a vector first: the interpreter rejects
-        # a scalar-and-vector mask.)
-        not_padding = (tl.zeros_like(cols) + value_i) != padding_idx
-        row = tl.load(grad_ptr + token * stride_gn + cols.to(tl.int64) * stride_gd,
-                      mask=col_mask & not_padding, other=0)
-        acc += row.to(ACC_DTYPE)
-    _finish_run(acc, value, run_start, chunk_end, chunk, chunk_start, chunk_end, prev_value, next_value,
-                out_ptr, stride_ov, stride_od, head_ptr, tail_ptr, counts_ptr, cols, col_mask, D,
-                padding_idx, SCALE_BY_FREQ)
+    positions = chunk_start + tl.arange(0, CHUNK)
+    in_chunk = positions < chunk_end
+    ids = tl.load(sorted_ids_ptr + positions, mask=in_chunk, other=-2).to(tl.int64)
+    prev_ids = tl.load(sorted_ids_ptr + positions - 1, mask=in_chunk & (positions > 0), other=-3).to(tl.int64)
+    next_ids = tl.load(sorted_ids_ptr + positions + 1, mask=in_chunk & (positions + 1 < N), other=-3).to(tl.int64)
+    first_id = tl.load(sorted_ids_ptr + chunk_start).to(tl.int64)
+    before_chunk = tl.load(sorted_ids_ptr + tl.maximum(chunk_start - 1, 0)).to(tl.int64)
+    before_chunk = tl.where(chunk_start > 0, before_chunk, -3)
+
+    is_last = positions == chunk_end - 1
+    starts = (positions == chunk_start) | (ids != prev_ids)
+    ends = in_chunk & ((next_ids != ids) | is_last)
+    keep = in_chunk & (ids != padding_idx)
+    # The run began in an earlier chunk. (Scalars are broadcast to vectors first: the interpreter rejects
+    # a scalar-and-vector mask.)
+    continues = (ids == first_id) & ((tl.zeros_like(ids) + before_chunk) == first_id)
+    spills = is_last & (next_ids == ids)  # the run goes on in the next chunk
+
+    tokens = tl.load(order_ptr + positions, mask=in_chunk, other=0).to(tl.int64)
+    tile_mask = keep[:, None] & col_mask[None, :]
+    rows = tl.load(grad_ptr + tokens[:, None] * stride_gn + cols[None, :].to(tl.int64) * stride_gd,
+                   mask=tile_mask, other=0).to(ACC_DTYPE)
+    run_starts = tl.broadcast_to(starts.to(tl.int32)[:, None], (CHUNK, BLOCK_D))
+    _, sums = tl.associative_scan((run_starts, rows), 0, _segmented_add)
+
+    write = ends & keep
+    partial_ptrs = chunk.to(tl.int64) * D + cols[None, :] + tl.zeros_like(positions)[:, None]
+    tl.store(head_ptr + partial_ptrs, sums, mask=(write & continues)[:, None] & col_mask[None, :])
+    tl.store(tail_ptr + partial_ptrs, sums, mask=(write & spills & (continues == 0))[:, None] & col_mask[None, :])
+    final = write & (continues == 0) & (spills == 0)
+    if SCALE_BY_FREQ:
+        counts = tl.load(counts_ptr + ids, mask=final, other=1).to(ACC_DTYPE)
+        sums = sums / counts[:, None]
+    tl.store(out_ptr + ids[:, None] * stride_ov + cols[None, :].to(tl.int64) * stride_od,
+             sums.to(out_ptr.dtype.element_ty), mask=final[:, None] & col_mask[None, :])
 
 
 @triton.jit
