@@ -192,3 +192,23 @@ def test_wide_rows(device, dim):
         triton_embed.functional.embedding(ids, weight, deterministic=deterministic).backward(grad)
         oracle = dense_grad_oracle(grad, ids, 5, None, False)
         assert_close_to_oracle(weight.grad, oracle, what=f"deterministic={deterministic}")
+
+
+@pytest.mark.parametrize("make_ids", [
+    lambda base: base[:, ::2],  # 2-D with a column stride
+    lambda base: base.reshape(-1)[::3],  # 1-D strided view: the kernel reads it through its stride
+    lambda base: base.t(),  # transposed
+])
+def test_non_contiguous_ids(device, make_ids):
+    base = torch.randint(0, 11, (6, 8), device=device)
+    ids = make_ids(base)
+    assert not ids.is_contiguous()
+    weight = torch.randn(11, 5, device=device, requires_grad=True)
+    ref_weight = weight.detach().clone().requires_grad_()
+    out = triton_embed.functional.embedding(ids, weight)
+    expected = F.embedding(ids, ref_weight)
+    assert_exact(out, expected)
+    grad = torch.randn(out.shape, device=device)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(weight.grad, ref_weight.grad, rtol=1e-5, atol=1e-6)
