@@ -7,7 +7,7 @@ import triton.language as tl
 def scatter_add_rows_kernel(
     grad_ptr,  # (N, D) output gradient, any float dtype; strides (stride_gn, stride_gd)
     indices_ptr,  # (N,) int32/int64 row ids, contiguous
-    counts_ptr,  # (V,) int64 occurrences per id (read only when SCALE_BY_FREQ)
+    counts_ptr,  # (V,) int32 occurrences per id (read only when SCALE_BY_FREQ)
     acc_ptr,  # (V, D) contiguous accumulator, float32 (float64 for float64 weights), zero-filled
     N,
     D,
@@ -51,7 +51,7 @@ def segment_sum_kernel(
     grad_ptr,  # (N, D) output gradient; strides (stride_gn, stride_gd)
     sorted_ids_ptr,  # (N,) ids sorted stably, contiguous
     order_ptr,  # (N,) int64 token position of each sorted id, contiguous
-    counts_ptr,  # (V,) int64 occurrences per id (read only when SCALE_BY_FREQ)
+    counts_ptr,  # (V,) int32 occurrences per id (read only when SCALE_BY_FREQ)
     out_ptr,  # (V, D) weight gradient, weight's dtype, zero-filled; strides (stride_ov, stride_od)
     head_ptr,  # (num_chunks, D) float scratch: sum of a run continued from the previous chunk
     tail_ptr,  # (num_chunks, D) float scratch: sum of a run that starts here and spills into the next chunk
@@ -117,7 +117,7 @@ def segment_sum_kernel(
 @triton.jit
 def segment_sum_carry_kernel(
     sorted_ids_ptr,  # (N,) ids sorted stably, contiguous
-    counts_ptr,  # (V,) int64 occurrences per id (read only when SCALE_BY_FREQ)
+    counts_ptr,  # (V,) int32 occurrences per id (read only when SCALE_BY_FREQ)
     out_ptr,  # (V, D) weight gradient; strides (stride_ov, stride_od)
     head_ptr,  # (num_chunks, D) partials written by segment_sum_kernel
     tail_ptr,  # (num_chunks, D) partials written by segment_sum_kernel
@@ -163,3 +163,18 @@ def segment_sum_carry_kernel(
             acc.to(out_ptr.dtype.element_ty),
             mask=col_mask,
         )
+
+
+@triton.jit
+def count_ids_kernel(
+    indices_ptr,  # (N,) int32/int64 row ids, contiguous
+    counts_ptr,  # (V,) int32 zero-filled: afterwards the occurrences of each id
+    N,
+    V,
+    BLOCK_T: tl.constexpr,
+):
+    """counts[id] += 1 per token (integer atomics: exact in any order; no host sync, unlike bincount)."""
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows = tl.load(indices_ptr + tokens, mask=tokens < N, other=0).to(tl.int64)
+    valid = (tokens < N) & (rows >= 0) & (rows < V)
+    tl.atomic_add(counts_ptr + rows, tl.full([BLOCK_T], 1, tl.int32), mask=valid)

@@ -4,7 +4,12 @@ from __future__ import annotations
 import torch
 import triton
 
-from triton_embed.kernels.scatter import scatter_add_rows_kernel, segment_sum_carry_kernel, segment_sum_kernel
+from triton_embed.kernels.scatter import (
+    count_ids_kernel,
+    scatter_add_rows_kernel,
+    segment_sum_carry_kernel,
+    segment_sum_kernel,
+)
 
 from .. import tuning
 from .._dispatch import device_guard, new_output, record_launch
@@ -31,9 +36,7 @@ def dense_backward(
     grad_2d = grad.reshape(flat.numel(), dim)
     num_tokens = flat.numel()
     acc_dtype = _accumulator_dtype(grad.dtype)
-    counts = (
-        torch.bincount(flat, minlength=num_weights) if scale_grad_by_freq and num_tokens else flat.new_empty(1)
-    )
+    counts = count_ids(flat, num_weights) if scale_grad_by_freq and num_tokens else flat.new_empty(1)
     if deterministic:
         out = torch.zeros((num_weights, dim), dtype=grad.dtype, device=grad.device)
         if num_tokens and dim:
@@ -45,6 +48,20 @@ def dense_backward(
         with device_guard(grad):
             _scatter_add(grad_2d, flat, counts, acc, padding_idx, scale_grad_by_freq)
     return acc if acc.dtype == grad.dtype else acc.to(grad.dtype)
+
+
+COUNT_BLOCK = 1024
+
+
+def count_ids(flat: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """(num_weights,) int32 occurrences of each id in ``flat`` (contiguous), without a host sync."""
+    counts = torch.zeros(num_weights, dtype=torch.int32, device=flat.device)
+    if flat.numel():
+        with device_guard(flat):
+            count_ids_kernel[(triton.cdiv(flat.numel(), COUNT_BLOCK),)](flat, counts, flat.numel(), num_weights,
+                                                                        BLOCK_T=COUNT_BLOCK)
+        record_launch("count_ids_kernel")
+    return counts
 
 
 def _scatter_add(grad_2d, flat, counts, acc, padding_idx, scale_grad_by_freq) -> None:
