@@ -114,6 +114,10 @@ def segment_sum_kernel(
              sums.to(out_ptr.dtype.element_ty), mask=final[:, None] & col_mask[None, :])
 
 
+# Chunk partials the carry pass adds per step, as one tile: loads in flight together, a fixed sum order.
+CARRY_ROWS = tl.constexpr(16)
+
+
 @triton.jit
 def segment_sum_carry_kernel(
     sorted_ids_ptr,  # (N,) ids sorted stably, contiguous
@@ -130,8 +134,10 @@ def segment_sum_carry_kernel(
     BLOCK_D: tl.constexpr,
     SCALE_BY_FREQ: tl.constexpr,
 ):
-    """Second pass: the chunk where a boundary-crossing run starts adds the partials of the chunks it
-    spans, left to right, and writes the row once. Fixed order, one writer per row: bitwise repeatable."""
+    """Second pass: the chunk where a boundary-crossing run starts finds where the run ends (binary search
+    over the sorted ids), adds the partials of the chunks it spans in a fixed order, CARRY_ROWS at a time,
+    and writes the row once. One writer per row, fixed order: bitwise repeatable, and a hot id spanning
+    many chunks costs a few wide steps rather than one dependent load per chunk."""
     chunk = tl.program_id(0)
     pid_d = tl.program_id(1)
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -147,15 +153,22 @@ def segment_sum_carry_kernel(
     started_before = (first_value == last_value) & (prev_value == last_value)
     owns_spilling_run = (next_value == last_value) & (started_before == 0) & (last_value != padding_idx)
     if owns_spilling_run:
+        # The run ends at run_end: the first position after chunk_end whose id differs.
+        low = chunk_end
+        high = N
+        while low < high:
+            mid = (low + high) // 2
+            if tl.load(sorted_ids_ptr + mid).to(tl.int64) == last_value:
+                low = mid + 1
+            else:
+                high = mid
+        last_chunk = (low - 1) // CHUNK
         acc = tl.load(tail_ptr + chunk.to(tl.int64) * D + cols, mask=col_mask, other=0)
-        k = chunk + 1
-        more = True
-        while more:
-            acc += tl.load(head_ptr + k.to(tl.int64) * D + cols, mask=col_mask, other=0)
-            k_end = tl.minimum((k + 1) * CHUNK, N)
-            after = tl.load(sorted_ids_ptr + tl.minimum(k_end, N - 1)).to(tl.int64)
-            more = (k_end < N) & (after == last_value)
-            k += 1
+        for k0 in range(chunk + 1, last_chunk + 1, CARRY_ROWS):
+            ks = k0 + tl.arange(0, CARRY_ROWS)
+            partials = tl.load(head_ptr + ks[:, None].to(tl.int64) * D + cols[None, :],
+                               mask=(ks <= last_chunk)[:, None] & col_mask[None, :], other=0)
+            acc += tl.sum(partials, axis=0)
         if SCALE_BY_FREQ:
             acc = acc / tl.load(counts_ptr + last_value).to(acc.dtype)
         tl.store(
