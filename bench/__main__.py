@@ -1,11 +1,10 @@
-"""``python -m triton_embed.bench``: the benchmark and autotuning CLI (in progress)."""
+"""``python -m triton_embed.bench``: autotune the kernels, benchmark them against their peers, report."""
 import sys
 
-
-def main() -> int:
-    print("triton_embed.bench: the autotuning benchmark is not built yet; see the README.")
-    return 0
-
+from triton_embed.bench.bootstrap import ensure_runtime
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _mode = ensure_runtime(sys.argv[1:])
+    from triton_embed.bench.cli import main
+
+    sys.exit(main(sys.argv[1:], mode=_mode))
