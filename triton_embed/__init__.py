@@ -15,12 +15,13 @@ from ._dispatch import (
     set_index_check,
     use_backend,
 )
-from .nn import Embedding
+from .nn import Embedding, StableEmbedding
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Embedding",
+    "StableEmbedding",
     "functional",
     "reference",
     "tuning",

@@ -82,4 +82,56 @@ class Embedding(torch.nn.Embedding):
         return text + ", deterministic=True" if self.deterministic else text
 
 
-__all__ = ["Embedding"]
+
+
+class StableEmbedding(Embedding):
+    """Lookup + LayerNorm on fused Triton kernels; drop-in for ``bitsandbytes.nn.StableEmbedding``.
+
+    Forward, as bitsandbytes: ``self.norm(F.embedding(...).to(torch.get_default_dtype())).to(weight.dtype)``,
+    computed by one kernel that keeps only the indices and a float32 mean/rstd per token for backward.
+    ``self.norm`` is a ``torch.nn.LayerNorm(embedding_dim)`` created without a dtype (float32 parameters),
+    so the state_dict holds ``weight``, ``norm.weight`` and ``norm.bias`` like bitsandbytes'. Unlike
+    bitsandbytes 0.50, ``device`` and ``dtype`` are honoured as ``torch.nn.Embedding`` honours them.
+
+    Args:
+        num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+        _weight, device, dtype, _freeze, deterministic: as :class:`Embedding`.
+
+    >>> import torch, triton_embed
+    >>> emb = triton_embed.StableEmbedding(10, 4, padding_idx=0)
+    >>> out = emb(torch.tensor([[1, 0, 3]]))
+    >>> out.shape, sorted(emb.state_dict())
+    (torch.Size([1, 3, 4]), ['norm.bias', 'norm.weight', 'weight'])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        _freeze: bool = False,
+        deterministic: bool = False,
+    ) -> None:
+        super().__init__(
+            num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+            _weight, device, dtype, _freeze=_freeze, deterministic=deterministic,
+        )
+        self.norm = torch.nn.LayerNorm(embedding_dim, device=device)
+
+    def forward(self, input: Tensor) -> Tensor:
+        norm = self.norm
+        return functional.stable_embedding(
+            input, self.weight, norm.weight, norm.bias, self.padding_idx, self.max_norm, self.norm_type,
+            self.scale_grad_by_freq, self.sparse, norm.eps, deterministic=self.deterministic,
+        )
+
+
+__all__ = ["Embedding", "StableEmbedding"]

@@ -47,3 +47,148 @@ def embedding_renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: flo
     """In place: rows named by ``indices`` with a ``norm_type``-norm above ``max_norm`` are scaled down."""
     with torch.no_grad():
         torch.embedding_renorm_(weight, indices.contiguous(), max_norm, norm_type)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LayerNorm and StableEmbedding (issue 3)
+
+
+def _statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and 1/sqrt(var + eps) over the last dim, in float32 (float64 for float64 data)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    wide = x.to(acc)
+    mean = wide.mean(dim=-1)
+    var = (wide - mean.unsqueeze(-1)).square().mean(dim=-1)
+    return mean, torch.rsqrt(var + eps)
+
+
+def layer_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``F.layer_norm`` over the last dim, plus the per-row (mean, rstd) the Triton path saves."""
+    y = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    mean, rstd = _statistics(x, eps)
+    return y, mean, rstd
+
+
+def layer_norm_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dγ, dβ) of ``F.layer_norm`` over the last dim, by ATen's own kernels (the forward is recomputed
+    for ATen's statistics; no autograd, so it also runs inside a custom op's implementation)."""
+    dim = x.shape[-1]
+    _, native_mean, native_rstd = torch.ops.aten.native_layer_norm(x, [dim], weight, bias, eps)
+    dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+        grad, x, [dim], native_mean, native_rstd, weight, bias, [True, weight is not None, bias is not None]
+    )
+    return dx, dw, db
+
+
+def stable_embedding(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    padding_idx: int | None = None,
+    max_norm: float | None = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """bitsandbytes.nn.StableEmbedding.forward as a function, op for op: lookup, cast to the default dtype,
+    LayerNorm over the last dim, cast back to the table's dtype.
+
+    >>> import torch
+    >>> out = stable_embedding(torch.tensor([2, 0]), torch.randn(3, 4), torch.ones(4), torch.zeros(4))
+    >>> out.shape, bool(out.mean(-1).abs().max() < 1e-5)
+    (torch.Size([2, 4]), True)
+    """
+    emb = F.embedding(input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
+    emb = emb.to(torch.get_default_dtype())
+    return F.layer_norm(emb, (weight.shape[1],), norm_weight, norm_bias, eps).to(weight.dtype)
+
+
+class StableEmbedding(torch.nn.Embedding):
+    """bitsandbytes.nn.StableEmbedding written out in PyTorch alone: the oracle of the tests.
+
+    The one deliberate difference: ``device`` and ``dtype`` reach ``torch.nn.Embedding`` as keywords (0.50
+    passes them positionally into its ``_freeze, device`` slots).
+
+    >>> import torch
+    >>> emb = StableEmbedding(10, 4, padding_idx=0)
+    >>> emb(torch.tensor([[1, 0, 3]])).shape, sorted(emb.state_dict())
+    (torch.Size([1, 3, 4]), ['norm.bias', 'norm.weight', 'weight'])
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        _weight: torch.Tensor | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+            _weight, device=device, dtype=dtype,
+        )
+        self.norm = torch.nn.LayerNorm(embedding_dim, device=device)
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.weight)
+        self._fill_padding_idx_with_zero()
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        emb = F.embedding(
+            input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+            self.sparse,
+        )
+        # Always cast to the default dtype (float32 normally), as bitsandbytes does.
+        emb = emb.to(torch.get_default_dtype())
+        return self.norm(emb).to(self.weight.dtype)
+
+
+def stable_embedding_forward(
+    weight: torch.Tensor,
+    indices: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+    compute_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused op's forward on the reference path: (output, flat mean, flat rstd)."""
+    emb = F.embedding(indices, weight).to(compute_dtype)
+    out = F.layer_norm(emb, (weight.shape[1],), norm_weight, norm_bias, eps).to(weight.dtype)
+    mean, rstd = _statistics(emb.reshape(-1, weight.shape[1]), eps)
+    return out, mean, rstd
+
+
+def stable_embedding_backward(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    indices: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+    compute_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(d(emb) rows (N, D) in weight's dtype, dγ, dβ) of the fused op, following bitsandbytes' graph
+    backwards: the output gradient cast to the default dtype (backward of the last ``.to``), ATen's
+    LayerNorm backward, and its input gradient cast to the weight's dtype (backward of the first ``.to``)."""
+    dim = weight.shape[1]
+    emb = F.embedding(indices.reshape(-1), weight).to(compute_dtype)
+    dy = grad.reshape(-1, dim).to(compute_dtype)
+    dx, dw, db = layer_norm_backward(dy, emb, norm_weight, norm_bias, None, None, eps)
+    return dx.to(weight.dtype), dw, db

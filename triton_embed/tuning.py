@@ -53,44 +53,55 @@ CONFIGS: dict[str, list[Config]] = {
     # LayerNorm / StableEmbedding (issue 3). BLOCK_D is the widest column block: rows with D <= BLOCK_D
     # are held in registers whole; wider rows are streamed. When D is narrower, the launcher grows BLOCK_T
     # so the tile keeps at most BLOCK_T x BLOCK_D elements: at most 16 values per thread forward and 8
-    # backward, which compile for sm_80/sm_90 without spills (BLOCK_T=1 tiles cost more registers).
+    # backward. "maxnreg" is a ptxas launch option (the launchers move it out of the constexprs): without a
+    # cap, ptxas sometimes trades a small spill for occupancy; with 128 every config compiles spill-free for
+    # sm_80/sm_90 (BLOCK_T=1 tiles cost more registers). float64 math runs half-width tiles (BLOCK_D / 2).
     "layer_norm": [
-        {"BLOCK_T": 2, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 1, "BLOCK_D": 4096, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_T": 2, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
     ],
     "layer_norm_backward": [
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 16, "num_stages": 1},
-        {"BLOCK_T": 2, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 2, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
     ],
     "layer_norm_param_grad": [
-        {"BLOCK_P": 16, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_P": 32, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_P": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_P": 16, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_P": 32, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_P": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1, "maxnreg": 128},
     ],
     "stable_forward": [
-        {"BLOCK_T": 2, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 1, "BLOCK_D": 4096, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_T": 2, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
     ],
     "stable_backward": [
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 16, "num_stages": 1},
-        {"BLOCK_T": 2, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 2, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
+        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
     ],
-    # segment_sum's constexprs plus BLOCK_P, the partial rows per step of the fused dγ/dβ reduction.
+    # segment_sum's constexprs (its CHUNK x BLOCK_D tile is one scan) plus BLOCK_P, the partial rows per step
+    # of the fused dγ/dβ reduction (a BLOCK_P x BLOCK_D tile per parameter).
     "stable_segment_sum": [
-        {"CHUNK": 32, "BLOCK_D": 256, "BLOCK_P": 8, "num_warps": 2, "num_stages": 1},
-        {"CHUNK": 16, "BLOCK_D": 256, "BLOCK_P": 8, "num_warps": 2, "num_stages": 1},
-        {"CHUNK": 64, "BLOCK_D": 512, "BLOCK_P": 4, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 32, "BLOCK_D": 1024, "BLOCK_P": 4, "num_warps": 4, "num_stages": 1},
+        {"CHUNK": 16, "BLOCK_D": 128, "BLOCK_P": 8, "num_warps": 4, "num_stages": 1},
+        {"CHUNK": 32, "BLOCK_D": 64, "BLOCK_P": 16, "num_warps": 4, "num_stages": 1},
+        {"CHUNK": 16, "BLOCK_D": 256, "BLOCK_P": 4, "num_warps": 4, "num_stages": 1},
+        {"CHUNK": 32, "BLOCK_D": 128, "BLOCK_P": 8, "num_warps": 8, "num_stages": 1},
+    ],
+    # The atomic StableEmbedding backward's second launch: BLOCK_V x BLOCK_D accumulator rows per program
+    # (divide by counts, round to the table's dtype), and the dγ/dβ reduction's BLOCK_P x BLOCK_D tiles.
+    "stable_finish": [
+        {"BLOCK_V": 8, "BLOCK_D": 256, "BLOCK_P": 8, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_V": 16, "BLOCK_D": 128, "BLOCK_P": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_V": 4, "BLOCK_D": 512, "BLOCK_P": 4, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_V": 16, "BLOCK_D": 256, "BLOCK_P": 8, "num_warps": 8, "num_stages": 1},
     ],
 }
 
@@ -108,9 +119,10 @@ INTERPRETER_CONFIGS: dict[str, Config] = {
     "stable_forward": {"BLOCK_T": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
     "stable_backward": {"BLOCK_T": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
     "stable_segment_sum": {"CHUNK": 8, "BLOCK_D": 64, "BLOCK_P": 2, "num_warps": 4, "num_stages": 1},
+    "stable_finish": {"BLOCK_V": 8, "BLOCK_D": 64, "BLOCK_P": 2, "num_warps": 4, "num_stages": 1},
 }
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
 
 _chosen: dict[str, Config] = {}
 _file_entries: dict[str, Config] | None = None
