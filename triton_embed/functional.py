@@ -42,19 +42,28 @@ def embedding(
     >>> triton_embed.functional.embedding(torch.tensor([[2, 0]]), weight).tolist()
     [[[4.0, 5.0], [0.0, 1.0]]]
     """
+    padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
+    if _forward_mode_ad(weight):
+        return ops.EmbeddingWithForwardAD.apply(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
+    return torch.ops.triton_embed.embedding(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
+
+
+def _check_and_renorm(
+    input: Tensor, weight: Tensor, padding_idx: int | None, max_norm: float | None, norm_type: float,
+    deterministic: bool | None,
+) -> tuple[int, bool]:
+    """The checks every lookup makes, then the max_norm renorm (in place, no grad, before the lookup).
+    Returns (padding row or -1, whether the backward must be deterministic)."""
     check.check_weight(weight)
     check.check_indices_dtype(input)
     check.check_same_device(input, weight)
     check.check_max_norm(max_norm, norm_type)
     padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
-    padding = -1 if padding is None else padding
-    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
     if max_norm is not None:
         with torch.no_grad():
             torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
-    if _forward_mode_ad(weight):
-        return ops.EmbeddingWithForwardAD.apply(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
-    return torch.ops.triton_embed.embedding(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
+    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+    return (-1 if padding is None else padding), deterministic
 
 
 def _forward_mode_ad(weight: Tensor) -> bool:
@@ -187,19 +196,11 @@ def stable_embedding(
     [-1.3416, -0.4472, 0.4472, 1.3416]
     """
     check.check_weight(weight)
-    check.check_indices_dtype(input)
-    check.check_same_device(input, weight)
-    check.check_max_norm(max_norm, norm_type)
     if not weight.dtype.is_floating_point:
         raise RuntimeError(f"stable_embedding needs a floating weight, got {weight.dtype}")
     _check_norm_param(norm_weight, "norm_weight", (weight.shape[1],), weight.device)
     _check_norm_param(norm_bias, "norm_bias", (weight.shape[1],), weight.device)
-    padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
-    padding = -1 if padding is None else padding
-    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
-    if max_norm is not None:
-        with torch.no_grad():
-            torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
+    padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
     out, _, _ = torch.ops.triton_embed.stable_embedding(
         weight, input, norm_weight, norm_bias, float(eps), torch.get_default_dtype(), padding,
         bool(scale_grad_by_freq), bool(sparse), deterministic,
