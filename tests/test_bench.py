@@ -252,7 +252,10 @@ def test_tuner_reaches_every_launcher(tmp_path: Path, monkeypatch) -> None:
     finally:
         tuning.forget_choices()
     written = tuning.read_cache()["devices"][tuning.device_tag()]
-    for kernel in ("gather", "scatter_add", "segment_sum", "renorm"):
+    kernels = ("gather", "scatter_add", "segment_sum", "renorm") + (
+        ("stable_forward", "stable_backward") if "stable" in ops else ()
+    )
+    for kernel in kernels:
         key = tuning.tuning_key(kernel, torch.float32, 32, 40)
         assert written[key] == tuning.CONFIGS[kernel][-1], key
     assert written == tuner.written
