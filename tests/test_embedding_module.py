@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import pickle
 
@@ -10,9 +9,9 @@ import pytest
 import torch
 
 import triton_embed
+from peers import needs
 
-HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-needs_bnb = pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (an optional peer)")
+needs_bnb = needs("bitsandbytes")
 
 
 def test_init_is_xavier_uniform_with_zeroed_padding_row(device):

@@ -534,6 +534,7 @@ def _bitsandbytes():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.peer
 def test_bitsandbytes_differential(device, dtype):
     bnb = _bitsandbytes()
     gen = torch.Generator().manual_seed(9)
@@ -560,6 +561,7 @@ def test_bitsandbytes_differential(device, dtype):
     assert torch.equal(again.weight, ours.weight.detach().float())
 
 
+@pytest.mark.peer
 def test_bitsandbytes_optimizer_override_registered(device):
     bnb = _bitsandbytes()
     emb = triton_embed.StableEmbedding(8, 4, device=device)

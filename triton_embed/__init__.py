@@ -6,6 +6,7 @@
 torch.Size([3, 16])
 """
 from . import functional, reference, tuning
+from ._version import __version__
 from ._dispatch import (
     get_backend,
     index_check_enabled,
@@ -17,7 +18,6 @@ from ._dispatch import (
 )
 from .nn import Embedding, StableEmbedding
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Embedding",
