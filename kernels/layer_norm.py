@@ -11,22 +11,12 @@ is loaded once and kept in registers; otherwise the row is streamed in BLOCK_D p
 import triton
 import triton.language as tl
 
+from .numerics import _exact_float, _round
+
 # MODE values (constexpr) of the backward helper: what happens to the input gradient of each row.
 DX_STORE = 0  # dst[row, :] = dx, rounded to ROUND_DTYPE (LayerNorm's dx, or StableEmbedding's d(emb) rows)
 DX_ATOMIC_ADD = 1  # dst[id, :] += round(dx), atomically (StableEmbedding's fused weight gradient)
 DX_NONE = 2  # only the dγ/dβ partials
-
-
-@triton.jit
-def _round(x, DTYPE: tl.constexpr):
-    """``x.to(DTYPE)``, rounding to nearest even. (Triton's interpreter truncates float32 -> bfloat16, so
-    the rounding to bfloat16 is done on the bits first; the final cast is then exact everywhere.)"""
-    if DTYPE == tl.bfloat16:
-        if x.dtype != tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            x = bits.to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
 
 
 @triton.jit
@@ -45,12 +35,13 @@ def _load_vector(ptr, cols, stride, col_mask, ACC_DTYPE: tl.constexpr):
 
 @triton.jit
 def _rstd(var, eps, ACC_DTYPE: tl.constexpr):
-    """1 / sqrt(var + eps): the hardware reciprocal square root in float32 (as PyTorch's CUDA LayerNorm;
-    no subroutine call, so no call-clobbered registers to spill), IEEE sqrt and division in float64."""
+    """1 / sqrt(var + eps), ``eps`` in ACC_DTYPE: the hardware reciprocal square root in float32 (as
+    PyTorch's CUDA LayerNorm; no subroutine call, so no call-clobbered registers to spill), IEEE sqrt and
+    division in float64."""
     if ACC_DTYPE == tl.float64:
-        rstd = 1.0 / tl.sqrt(var + tl.cast(eps, ACC_DTYPE))
+        rstd = 1.0 / tl.sqrt(var + eps)
     else:
-        rstd = tl.math.rsqrt(var + tl.cast(eps, ACC_DTYPE))
+        rstd = tl.math.rsqrt(var + eps)
     return rstd
 
 
@@ -72,16 +63,23 @@ def _layer_norm_forward_rows(
     SINGLE_BLOCK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """LayerNorm of BLOCK_T rows. Row t is read at ``x_ptr + x_rows[t]`` (where ``x_valid[t]``; zeros
-    otherwise), rounded to CAST_DTYPE, normalised in ACC_DTYPE, and written, rounded to CAST_DTYPE then to
-    y's dtype, at ``y_ptr + y_rows[t]`` (where ``y_valid[t]``), with mean and rstd at ``stat_index[t]``."""
+    otherwise), rounded to CAST_DTYPE, normalised in ACC_DTYPE (``eps`` is an ACC_DTYPE value), and
+    written, rounded to CAST_DTYPE then to y's dtype, at ``y_ptr + y_rows[t]`` (where ``y_valid[t]``), with
+    mean and rstd at ``stat_index[t]``.
+
+    The statistics are taken about each row's first element (the pivot): a constant row then centres to
+    exact zeros (sum(x) / D alone is an ulp off, which rstd ~ 1/sqrt(eps) would magnify), and rows far from
+    zero lose no bits to cancellation."""
     y_ty = y_ptr.dtype.element_ty
+    pivot = _round(tl.load(x_ptr + x_rows, mask=x_valid, other=0), CAST_DTYPE).to(ACC_DTYPE)
     if SINGLE_BLOCK:
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < D
         x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+        shifted = tl.where(col_mask[None, :], x - pivot[:, None], 0.0)
         inv_d = _inverse(D, ACC_DTYPE)
-        mean = tl.sum(x, axis=1) * inv_d
-        xc = tl.where(col_mask[None, :], x - mean[:, None], 0.0)
+        offset = tl.sum(shifted, axis=1) * inv_d
+        xc = tl.where(col_mask[None, :], shifted - offset[:, None], 0.0)
         var = tl.sum(xc * xc, axis=1) * inv_d
         rstd = _rstd(var, eps, ACC_DTYPE)
         y = xc * rstd[:, None]
@@ -95,27 +93,29 @@ def _layer_norm_forward_rows(
             mask=y_valid[:, None] & col_mask[None, :],
         )
     else:
-        # Two-pass statistics (mean, then the centred sum of squares), then the normalising pass.
+        # Two-pass statistics (the mean offset from the pivot, then the centred sum of squares), then the
+        # normalising pass.
         total = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
-            mask = x_valid[:, None] & (cols < D)[None, :]
-            total += tl.sum(_load_tile(x_ptr, x_rows, cols, stride_xd, mask, CAST_DTYPE, ACC_DTYPE), axis=1)
+            col_mask = cols < D
+            x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+            total += tl.sum(tl.where(col_mask[None, :], x - pivot[:, None], 0.0), axis=1)
         inv_d = _inverse(D, ACC_DTYPE)
-        mean = total * inv_d
+        offset = total * inv_d
         squares = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
             x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
-            xc = tl.where(col_mask[None, :], x - mean[:, None], 0.0)
+            xc = tl.where(col_mask[None, :], (x - pivot[:, None]) - offset[:, None], 0.0)
             squares += tl.sum(xc * xc, axis=1)
         rstd = _rstd(squares * inv_d, eps, ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
             x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
-            y = (x - mean[:, None]) * rstd[:, None]
+            y = ((x - pivot[:, None]) - offset[:, None]) * rstd[:, None]
             if HAS_WEIGHT:
                 y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
             if HAS_BIAS:
@@ -125,7 +125,7 @@ def _layer_norm_forward_rows(
                 _round(_round(y, CAST_DTYPE), y_ty),
                 mask=y_valid[:, None] & col_mask[None, :],
             )
-    tl.store(mean_ptr + stat_index, mean, mask=y_valid)
+    tl.store(mean_ptr + stat_index, pivot + offset, mask=y_valid)
     tl.store(rstd_ptr + stat_index, rstd, mask=y_valid)
 
 
@@ -283,7 +283,7 @@ def _reduce_partials(
                  mask=col_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["eps"])
 def layer_norm_fwd_kernel(
     x_ptr,  # (N, D) input, any float dtype; strides (stride_xn, stride_xd)
     w_ptr,  # (D,) gamma, any float dtype; stride stride_w (read only when HAS_WEIGHT)
@@ -293,7 +293,7 @@ def layer_norm_fwd_kernel(
     rstd_ptr,  # (N,) ACC_DTYPE, contiguous: per-row 1 / sqrt(var + eps)
     N,  # rows (runtime: never recompile per batch)
     D,  # normalised size
-    eps,  # runtime float
+    eps,  # int64 bits of the float64 epsilon (see numerics.py)
     stride_xn,
     stride_xd,
     stride_w,
@@ -316,7 +316,8 @@ def layer_norm_fwd_kernel(
         w_ptr, stride_w, b_ptr, stride_b,
         y_ptr, tokens64 * stride_yn, stride_yd, valid,
         mean_ptr, rstd_ptr, tokens64,
-        D, eps, HAS_WEIGHT, HAS_BIAS, x_ptr.dtype.element_ty, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D,
+        D, _exact_float(eps, ACC_DTYPE), HAS_WEIGHT, HAS_BIAS, x_ptr.dtype.element_ty, ACC_DTYPE, SINGLE_BLOCK,
+        BLOCK_T, BLOCK_D,
     )
 
 

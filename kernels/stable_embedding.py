@@ -15,14 +15,14 @@ from .layer_norm import (
     _layer_norm_backward_rows,
     _layer_norm_forward_rows,
     _reduce_partials,
-    _round,
     _store_partial_row,
     _zero_partial_row,
 )
+from .numerics import _exact_float, _round
 from .scatter import segment_sum_kernel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["eps"])
 def stable_embedding_fwd_kernel(
     weight_ptr,  # (V, D) table, any float dtype; strides (stride_wv, stride_wd)
     indices_ptr,  # (N,) int32/int64 row ids; stride stride_i
@@ -34,7 +34,7 @@ def stable_embedding_fwd_kernel(
     N,  # tokens (runtime: never recompile per batch)
     D,  # embedding dim
     V,  # rows in the table; ids outside [0, V) read nothing (a zero row)
-    eps,  # runtime float
+    eps,  # int64 bits of the float64 epsilon (see numerics.py)
     stride_wv,
     stride_wd,
     stride_i,
@@ -62,7 +62,7 @@ def stable_embedding_fwd_kernel(
         gamma_ptr, stride_g, beta_ptr, stride_b,
         out_ptr, tokens64 * stride_on, stride_od, token_mask,
         mean_ptr, rstd_ptr, tokens64,
-        D, eps, HAS_WEIGHT, HAS_BIAS, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D,
+        D, _exact_float(eps, ACC_DTYPE), HAS_WEIGHT, HAS_BIAS, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D,
     )
 
 

@@ -13,9 +13,9 @@ and how the launchers in ``triton_embed/ops`` call it:
   under three minutes on two cores; ``AOT_EXHAUSTIVE=1`` compiles the full rows x settings product.
 - ``make``: builds the :class:`Variant` (argument types, constexprs, alignment) of one row + setting.
 
-Argument types use Triton's signature spelling: ``"*fp32"`` (pointer to float32), ``"i32"``, ``"i64"``,
-``"fp32"`` (a Python float). Constexprs are given by value. Block sizes and launch options come from the
-config; a config key the kernel does not take (``BLOCK_D`` for ``claim_rows_kernel``) is ignored.
+Argument types use Triton's signature spelling: ``"*fp32"`` (pointer to float32), ``"i32"``, ``"i64"``
+(also the float64 bits the launchers pass for exact float scalars). Constexprs are given by value. Block
+sizes and launch options come from the config; a config key the kernel does not take (``BLOCK_D`` for ``claim_rows_kernel``) is ignored.
 
 Specialisation, as Triton's runtime does it for contiguous tensors whose dim is a multiple of 16:
 - an int argument equal to 1 (unit strides) becomes the constexpr 1;
@@ -221,11 +221,11 @@ def _claim_rows(c):
 
 
 def _renorm_rows(c):
-    # (table, ids, owner, N, D, float(max_norm), float(norm_type), table.stride(0), table.stride(1),
-    #   NORM_KIND, ACC_DTYPE, BLOCK_T, BLOCK_D); Python floats are passed as fp32.
+    # (table, ids, owner, N, D, float_bits(max_norm), float_bits(norm_type), table.stride(0), table.stride(1),
+    #   NORM_KIND, ACC_DTYPE, BLOCK_T, BLOCK_D); the float arguments travel as the int64 bits of a float64.
     w, idx = c["w"], c["idx"]
     return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "owner_ptr": "*i32", "N": "i32", "D": "i32",
-                    "max_norm": "fp32", "norm_type": "fp32", "stride_wv": "i32"},
+                    "max_norm": "i64", "norm_type": "i64", "stride_wv": "i32"},
                    {"stride_wd": 1, "NORM_KIND": c["NORM_KIND"], "ACC_DTYPE": acc_tl(w)}, ints=("D", "stride_wv"))
 
 
@@ -249,14 +249,14 @@ def _params_dtype(c, data: str) -> str:
 
 
 def _layer_norm_fwd(c):
-    # ops/layer_norm.py forward: (x_2d, w|x_2d, b|x_2d, y, mean, rstd, N, D, float(eps), x strides,
+    # ops/layer_norm.py forward: (x_2d, w|x_2d, b|x_2d, y, mean, rstd, N, D, float_bits(eps), x strides,
     #   w.stride(0)|0, b.stride(0)|0, y strides, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D)
     x = c["x"]
     p = _params_dtype(c, x)
     w_ty, w_stride = _param(c, "HAS_WEIGHT", p, x)
     b_ty, b_stride = _param(c, "HAS_BIAS", p, x)
     types = {"x_ptr": f"*{x}", "w_ptr": f"*{w_ty}", "b_ptr": f"*{b_ty}", "y_ptr": f"*{x}",
-             "mean_ptr": f"*{acc_dtype(x)}", "rstd_ptr": f"*{acc_dtype(x)}", "N": "i32", "D": "i32", "eps": "fp32",
+             "mean_ptr": f"*{acc_dtype(x)}", "rstd_ptr": f"*{acc_dtype(x)}", "N": "i32", "D": "i32", "eps": "i64",
              "stride_xn": "i32", "stride_yn": "i32"}
     const = {"stride_xd": 1, "stride_yd": 1, "HAS_WEIGHT": c["HAS_WEIGHT"], "HAS_BIAS": c["HAS_BIAS"],
              "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": c["SINGLE_BLOCK"]}
@@ -345,7 +345,7 @@ X_ROWS = tuple({"x": x} for x in WEIGHT_DTYPES)
 
 def _stable_fwd(c):
     # ops/stable_embedding.py forward: (weight, flat, gamma|weight, beta|weight, out, mean, rstd, N, D, V,
-    #   float(eps), weight strides, flat.stride(0), stride_g|0, stride_b|0, out strides, HAS_WEIGHT,
+    #   float_bits(eps), weight strides, flat.stride(0), stride_g|0, stride_b|0, out strides, HAS_WEIGHT,
     #   HAS_BIAS, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D)
     w, idx, cast = c["w"], c["idx"], c["cast"]
     acc = acc_dtype(cast)
@@ -353,7 +353,7 @@ def _stable_fwd(c):
     b_ty, b_stride = _param(c, "HAS_BIAS", cast, w)
     types = {"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "gamma_ptr": f"*{g_ty}", "beta_ptr": f"*{b_ty}",
              "out_ptr": f"*{w}", "mean_ptr": f"*{acc}", "rstd_ptr": f"*{acc}", "N": "i32", "D": "i32",
-             "V": "i32", "eps": "fp32", "stride_wv": "i32", "stride_on": "i32"}
+             "V": "i32", "eps": "i64", "stride_wv": "i32", "stride_on": "i32"}
     const = {"stride_wd": 1, "stride_i": 1, "stride_od": 1, "HAS_WEIGHT": c["HAS_WEIGHT"],
              "HAS_BIAS": c["HAS_BIAS"], "CAST_DTYPE": _TL[cast], "ACC_DTYPE": _TL[acc],
              "SINGLE_BLOCK": c["SINGLE_BLOCK"]}

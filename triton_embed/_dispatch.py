@@ -84,10 +84,21 @@ def index_check_enabled() -> bool:
     return _state["check_indices"]
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether an op on ``tensor`` runs the Triton kernels under the current backend."""
+#: Element types the kernels take. Tensors of any other dtype (complex, float8, uint16/32/64) run the
+#: reference path, i.e. PyTorch's own ops, on whatever device they are on.
+KERNEL_DTYPES = frozenset({
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,
+})
+
+
+def use_triton(tensor: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether an op on ``tensor`` (and the optional ``others``, e.g. LayerNorm parameters) runs the Triton
+    kernels under the current backend."""
     backend = _state["backend"]
     if backend == "reference":
+        return False
+    if any(t is not None and t.dtype not in KERNEL_DTYPES for t in (tensor, *others)):
         return False
     if tensor.is_cuda:
         return True

@@ -4,6 +4,7 @@ registered autograd formula), which dispatch to the launchers or to the referenc
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import torch
@@ -15,6 +16,7 @@ from triton_embed.kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fw
 
 from .. import reference, tuning
 from .._dispatch import device_guard, interpreter_enabled, new_output, record_launch, use_triton
+from .scalars import float_bits
 
 _TL_DTYPES = {
     torch.float32: tl.float32,
@@ -120,8 +122,8 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: fl
     """LayerNorm over the last dim of ``x`` by the Triton kernel: (y like x, mean, rstd), statistics in
     float32 (float64 for float64 x) with shape ``x.shape[:-1]``."""
     dim = x.shape[-1]
-    x_2d = x.reshape(-1, dim)
-    num_tokens = x_2d.shape[0]
+    num_tokens = math.prod(x.shape[:-1])
+    x_2d = x.reshape(num_tokens, dim)
     acc = accumulator_dtype(x.dtype)
     y = new_output((num_tokens, dim), x.dtype, x.device)
     mean = new_output((num_tokens,), acc, x.device)
@@ -134,7 +136,7 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: fl
             meta, options, single = row_blocks(config, dim, acc == torch.float64)
             grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]),)
             layer_norm_fwd_kernel[grid](
-                x_2d, w_arg, b_arg, y, mean, rstd, num_tokens, dim, float(eps),
+                x_2d, w_arg, b_arg, y, mean, rstd, num_tokens, dim, float_bits(eps),
                 x_2d.stride(0), x_2d.stride(1),
                 w_arg.stride(0) if weight is not None else 0, b_arg.stride(0) if bias is not None else 0,
                 y.stride(0), y.stride(1),
@@ -156,9 +158,9 @@ def backward(
 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """(dx, dγ, dβ) of LayerNorm by the Triton kernels: two launches, deterministic (no atomics)."""
     dim = x.shape[-1]
-    x_2d = x.reshape(-1, dim)
-    grad_2d = grad.reshape(-1, dim)
-    num_tokens = x_2d.shape[0]
+    num_tokens = math.prod(x.shape[:-1])
+    x_2d = x.reshape(num_tokens, dim)
+    grad_2d = grad.reshape(num_tokens, dim)
     acc = accumulator_dtype(x.dtype)
     dx = new_output((num_tokens, dim), x.dtype, x.device)
     dw = new_output(weight.shape, weight.dtype, weight.device) if weight is not None else None
@@ -197,7 +199,7 @@ def backward(
 def layer_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """LayerNorm over the last dim: (output like ``input``, mean, rstd), statistics ``input.shape[:-1]``
     in float32 (float64 for float64 input)."""
-    if use_triton(input):
+    if use_triton(input, weight, bias):
         return forward(input, weight, bias, eps)
     return reference.layer_norm_forward(input, weight, bias, eps)
 
@@ -215,7 +217,7 @@ def layer_norm_backward(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dγ, dβ) of ``triton_embed::layer_norm``; dγ/dβ are empty (0,) tensors where weight/bias are None."""
-    if use_triton(input):
+    if use_triton(input, weight, bias):
         dx, dw, db = backward(grad, input, weight, bias, mean, rstd)
     else:
         dx, dw, db = reference.layer_norm_backward(grad, input, weight, bias, mean, rstd, eps)
@@ -236,6 +238,7 @@ def _(grad, input, weight, bias, mean, rstd, eps):
 def _layer_norm_setup_context(ctx, inputs, output) -> None:
     input, weight, bias, eps = inputs
     _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(input, weight, bias, mean, rstd)
     ctx.eps = eps
 

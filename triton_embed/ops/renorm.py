@@ -11,6 +11,7 @@ from triton_embed.kernels import renorm as kernels
 
 from .. import tuning
 from .._dispatch import device_guard, record_launch
+from .scalars import float_bits
 
 
 def norm_kind(norm_type: float) -> int:
@@ -48,7 +49,7 @@ def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_t
         grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]),)
         kernels.claim_rows_kernel[grid](ids, owner, num_tokens, BLOCK_T=meta["BLOCK_T"], **options)
         kernels.renorm_rows_kernel[grid](
-            table, ids, owner, num_tokens, dim, float(max_norm), float(norm_type),
+            table, ids, owner, num_tokens, dim, float_bits(max_norm), float_bits(norm_type),
             table.stride(0), table.stride(1), NORM_KIND=kind, ACC_DTYPE=acc_dtype, **meta, **options,
         )
 

@@ -38,6 +38,7 @@ from .layer_norm import (
     split_config,
     tl_dtype,
 )
+from .scalars import float_bits
 
 #: ``mode`` of ``triton_embed::stable_embedding_backward``: the weight gradient it returns.
 WEIGHT_GRAD_DENSE = 0  # (V, D) in the weight's dtype
@@ -76,7 +77,7 @@ def forward(
             meta, options, single = row_blocks(config, dim, acc == torch.float64)
             grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]),)
             stable_embedding_fwd_kernel[grid](
-                weight, flat, gamma, beta, out, mean, rstd, num_tokens, dim, num_rows, float(eps),
+                weight, flat, gamma, beta, out, mean, rstd, num_tokens, dim, num_rows, float_bits(eps),
                 weight.stride(0), weight.stride(1), flat.stride(0), stride_g, stride_b, out.stride(0), out.stride(1),
                 HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
                 CAST_DTYPE=tl_dtype(compute_dtype), ACC_DTYPE=tl_dtype(acc), SINGLE_BLOCK=single,
@@ -108,6 +109,8 @@ def backward(
     deterministic: bool,
 ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """(weight gradient as ``mode`` says, dγ, dβ) of the fused forward, by the Triton kernels."""
+    # Checked here too, so that torch.use_deterministic_algorithms(True) around backward() alone is honoured.
+    deterministic = deterministic or torch.are_deterministic_algorithms_enabled()
     num_rows, dim = weight.shape
     flat = indices.reshape(-1)
     num_tokens = flat.numel()
@@ -276,7 +279,7 @@ def stable_embedding(
     ``padding_idx`` (-1: none), ``scale_grad_by_freq``, ``sparse`` and ``deterministic`` only shape the
     backward."""
     check_index_bounds(indices, weight.shape[0])
-    if use_triton(weight):
+    if use_triton(weight, norm_weight, norm_bias):
         return forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
     return reference.stable_embedding_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
 
@@ -311,7 +314,7 @@ def stable_embedding_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(weight gradient per ``mode``: WEIGHT_GRAD_DENSE (V, D), WEIGHT_GRAD_ROWS (N, D) d(emb) rows,
     WEIGHT_GRAD_NONE (0, D); dγ; dβ), dγ/dβ empty (0,) where the parameter is None."""
-    if use_triton(weight):
+    if use_triton(weight, grad, norm_weight, norm_bias):
         grad_weight, dw, db = backward(
             grad, weight, indices, norm_weight, norm_bias, mean, rstd, compute_dtype, mode, padding_idx,
             scale_grad_by_freq, deterministic,
@@ -350,6 +353,7 @@ def _(grad, weight, indices, norm_weight, norm_bias, mean, rstd, eps, compute_dt
 def _setup_context(ctx, inputs, output) -> None:
     weight, indices, norm_weight, norm_bias, eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, det = inputs
     _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
     # Indices, O(N) statistics and the parameters themselves: no N x D activation.
     ctx.save_for_backward(weight, indices, norm_weight, norm_bias, mean, rstd)
     ctx.options = (eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, det)
