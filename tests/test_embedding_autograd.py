@@ -109,7 +109,7 @@ def test_compiled_model_has_no_graph_break_and_matches_eager(device, options):
 
 
 def test_compiled_with_inductor_on_the_reference_path():
-    """The CPU path of the issue: inductor compiles the model, the ops stay opaque custom ops."""
+    """On the CPU: inductor compiles the model, the ops stay opaque custom ops."""
     torch._dynamo.reset()
     with triton_embed.use_backend("reference"):
         model = TinyModel(torch.device("cpu"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -35,8 +36,10 @@ def normalize_padding_idx(padding_idx: int | None, num_embeddings: int) -> int |
     """padding_idx as a row number in [0, num_embeddings), or None; negative values count from the end."""
     if padding_idx is None:
         return None
-    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
-        raise TypeError(f"padding_idx must be an int or None, got {type(padding_idx).__name__}")
+    try:
+        padding_idx = operator.index(padding_idx)  # any integral, as PyTorch: numpy ints, 0-d int tensors
+    except TypeError:
+        raise TypeError(f"padding_idx must be an integer or None, got {type(padding_idx).__name__}") from None
     if padding_idx >= num_embeddings or padding_idx < -num_embeddings:
         raise PaddingIdxError(
             f"Padding_idx must be within num_embeddings: got padding_idx={padding_idx} "
@@ -45,11 +48,16 @@ def normalize_padding_idx(padding_idx: int | None, num_embeddings: int) -> int |
     return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
 
 
-def check_max_norm(max_norm: float | None, norm_type: float) -> None:
+def check_max_norm(max_norm: float | None, norm_type: float, weight: torch.Tensor) -> None:
     if max_norm is not None:
         value = float(max_norm)
         if math.isnan(value) or value < 0:
             raise ValueError(f"max_norm must be a non-negative number, got {max_norm}")
+        if not (weight.dtype.is_floating_point or weight.dtype.is_complex):
+            # PyTorch raises too (its norm() refuses integer tables); a silent integer rescale would corrupt rows.
+            raise RuntimeError(
+                f"max_norm rescales rows in place, which needs a floating or complex table; got {weight.dtype}"
+            )
     if math.isnan(float(norm_type)):
         raise ValueError(f"norm_type must be a number, got {norm_type}")
 

@@ -1,12 +1,21 @@
 """Functional API: drop-in for ``torch.nn.functional.embedding``, on the Triton kernels."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from . import _validation as check
-from .ops import embedding as ops
+from .ops import embedding as _embedding_ops  # noqa: F401  (registers triton_embed::embedding*)
+from .ops import layer_norm as _layer_norm_ops  # noqa: F401  (registers triton_embed::layer_norm*)
+from .ops import stable_embedding as _stable_ops  # noqa: F401  (registers triton_embed::stable_embedding*)
+from .ops.forward_ad import (
+    EmbeddingWithForwardAD,
+    LayerNormWithForwardAD,
+    StableEmbeddingWithForwardAD,
+    forward_mode_active,
+)
 
 
 def embedding(
@@ -43,8 +52,11 @@ def embedding(
     [[[4.0, 5.0], [0.0, 1.0]]]
     """
     padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
-    if _forward_mode_ad(weight):
-        return ops.EmbeddingWithForwardAD.apply(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
+    if weight.is_complex() and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("embedding does not support automatic differentiation for outputs with complex dtype "
+                           "(as in PyTorch); detach the table or use a real dtype")
+    if forward_mode_active(weight):
+        return EmbeddingWithForwardAD.apply(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
     return torch.ops.triton_embed.embedding(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
 
 
@@ -53,33 +65,18 @@ def _check_and_renorm(
     deterministic: bool | None,
 ) -> tuple[int, bool]:
     """The checks every lookup makes, then the max_norm renorm (in place, no grad, before the lookup).
-    Returns (padding row or -1, whether the backward must be deterministic)."""
+    Returns (padding row or -1, whether the backward must be deterministic: asked for, or
+    ``torch.are_deterministic_algorithms_enabled()`` now; the backward also checks that flag when it runs)."""
     check.check_weight(weight)
     check.check_indices_dtype(input)
     check.check_same_device(input, weight)
-    check.check_max_norm(max_norm, norm_type)
+    check.check_max_norm(max_norm, norm_type, weight)
     padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
     if max_norm is not None:
         with torch.no_grad():
             torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
     deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
     return (-1 if padding is None else padding), deterministic
-
-
-def _forward_mode_ad(weight: Tensor) -> bool:
-    """Dual tensors or torch.func transforms need the jvp formula only the autograd.Function carries."""
-    if torch.compiler.is_compiling():
-        return False
-    return forward_ad._current_level >= 0 or torch._C._functorch.is_functorch_wrapped_tensor(weight)
-
-
-
-
-# ----------------------------------------------------------------------------------------------------------
-# LayerNorm and StableEmbedding (issue 3)
-
-from .ops import layer_norm as _layer_norm_ops  # noqa: E402  (registers triton_embed::layer_norm*)
-from .ops import stable_embedding as _stable_ops  # noqa: E402  (registers triton_embed::stable_embedding*)
 
 
 def _check_norm_param(param: Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> None:
@@ -140,13 +137,14 @@ def layer_norm(
         )
     _check_norm_param(weight, "weight", shape, input.device)
     _check_norm_param(bias, "bias", shape, input.device)
-    dim = 1
-    for s in shape:
-        dim *= s
+    dim = math.prod(shape)
     x = input.reshape(*input.shape[: input.dim() - len(shape)], dim)
     w = weight.reshape(dim) if weight is not None else None
     b = bias.reshape(dim) if bias is not None else None
-    y, _, _ = torch.ops.triton_embed.layer_norm(x, w, b, float(eps))
+    if forward_mode_active(x, w, b):
+        y, _, _ = LayerNormWithForwardAD.apply(x, w, b, float(eps))
+    else:
+        y, _, _ = torch.ops.triton_embed.layer_norm(x, w, b, float(eps))
     return y.view(input.shape)
 
 
@@ -201,10 +199,14 @@ def stable_embedding(
     _check_norm_param(norm_weight, "norm_weight", (weight.shape[1],), weight.device)
     _check_norm_param(norm_bias, "norm_bias", (weight.shape[1],), weight.device)
     padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
-    out, _, _ = torch.ops.triton_embed.stable_embedding(
+    args = (
         weight, input, norm_weight, norm_bias, float(eps), torch.get_default_dtype(), padding,
         bool(scale_grad_by_freq), bool(sparse), deterministic,
     )
+    if forward_mode_active(weight, norm_weight, norm_bias):
+        out, _, _ = StableEmbeddingWithForwardAD.apply(*args)
+    else:
+        out, _, _ = torch.ops.triton_embed.stable_embedding(*args)
     return out
 
 

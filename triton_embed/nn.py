@@ -67,8 +67,10 @@ class Embedding(torch.nn.Embedding):
         _register_32bit_optimizer_state(self)
 
     def reset_parameters(self) -> None:
-        """bitsandbytes' init: xavier-uniform weight, then the padding row zeroed."""
-        torch.nn.init.xavier_uniform_(self.weight)
+        """bitsandbytes' init: xavier-uniform weight, then the padding row zeroed. An empty table (no rows or
+        no columns) has nothing to initialise (xavier's bound would divide by zero)."""
+        if self.weight.numel():
+            torch.nn.init.xavier_uniform_(self.weight)
         self._fill_padding_idx_with_zero()
 
     def forward(self, input: Tensor) -> Tensor:

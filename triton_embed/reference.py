@@ -38,7 +38,7 @@ def embedding_dense_backward(
 ) -> torch.Tensor:
     """The dense weight gradient of a lookup, as ATen computes it (``padding_idx=-1``: none)."""
     return torch.ops.aten.embedding_dense_backward(
-        grad.reshape(-1, grad.shape[-1]) if grad.dim() else grad, indices.reshape(-1), num_weights,
+        grad.reshape(indices.numel(), grad.shape[-1]) if grad.dim() else grad, indices.reshape(-1), num_weights,
         padding_idx, scale_grad_by_freq,
     )
 
@@ -50,13 +50,31 @@ def embedding_renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: flo
 
 
 # ----------------------------------------------------------------------------------------------------------
-# LayerNorm and StableEmbedding (issue 3)
+# LayerNorm and StableEmbedding
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _param_for(param: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A LayerNorm parameter in a dtype ATen accepts beside ``x``: as it is where ATen takes it (the same
+    dtype, or float32 beside a half-precision ``x``), else cast to ``x``'s dtype (float32/64 data) or to
+    float32. The kernels read any floating parameter dtype; this keeps the reference path's results ATen's."""
+    if param is None or param.dtype == x.dtype:
+        return param
+    if x.dtype in (torch.float32, torch.float64):
+        return param.to(x.dtype)
+    return param.to(torch.float32)
 
 
 def _statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row mean and 1/sqrt(var + eps) over the last dim, in float32 (float64 for float64 data)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    wide = x.to(acc)
+    """Per-row mean and 1/sqrt(var + eps) over the last dim, in float32 (float64 for float64 data).
+    Rows of no elements have mean 0 and variance 0, as the kernels give them."""
+    wide = x.to(_accumulator(x.dtype))
+    if not x.shape[-1]:
+        zeros = wide.new_zeros(x.shape[:-1])
+        return zeros, torch.rsqrt(zeros + eps)
     mean = wide.mean(dim=-1)
     var = (wide - mean.unsqueeze(-1)).square().mean(dim=-1)
     return mean, torch.rsqrt(var + eps)
@@ -65,8 +83,9 @@ def _statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
 def layer_norm_forward(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``F.layer_norm`` over the last dim, plus the per-row (mean, rstd) the Triton path saves."""
-    y = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    """``F.layer_norm`` over the last dim, plus the per-row (mean, rstd) the Triton path saves. As on the
+    kernels, the parameters may have any floating dtype (see :func:`_param_for`)."""
+    y = F.layer_norm(x, (x.shape[-1],), _param_for(weight, x), _param_for(bias, x), eps)
     mean, rstd = _statistics(x, eps)
     return y, mean, rstd
 
@@ -81,13 +100,15 @@ def layer_norm_backward(
     eps: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dγ, dβ) of ``F.layer_norm`` over the last dim, by ATen's own kernels (the forward is recomputed
-    for ATen's statistics; no autograd, so it also runs inside a custom op's implementation)."""
+    for ATen's statistics; no autograd, so it also runs inside a custom op's implementation). Parameters of
+    another dtype are cast as in :func:`layer_norm_forward`, and their gradients cast back."""
     dim = x.shape[-1]
-    _, native_mean, native_rstd = torch.ops.aten.native_layer_norm(x, [dim], weight, bias, eps)
+    w, b = _param_for(weight, x), _param_for(bias, x)
+    _, native_mean, native_rstd = torch.ops.aten.native_layer_norm(x, [dim], w, b, eps)
     dx, dw, db = torch.ops.aten.native_layer_norm_backward(
-        grad, x, [dim], native_mean, native_rstd, weight, bias, [True, weight is not None, bias is not None]
+        grad, x, [dim], native_mean, native_rstd, w, b, [True, weight is not None, bias is not None]
     )
-    return dx, dw, db
+    return dx, None if weight is None else dw.to(weight.dtype), None if bias is None else db.to(bias.dtype)
 
 
 def stable_embedding(
@@ -147,7 +168,8 @@ class StableEmbedding(torch.nn.Embedding):
         self.norm = torch.nn.LayerNorm(embedding_dim, device=device)
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.weight)
+        if self.weight.numel():  # bitsandbytes divides by zero on an empty table
+            torch.nn.init.xavier_uniform_(self.weight)
         self._fill_padding_idx_with_zero()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -170,9 +192,8 @@ def stable_embedding_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused op's forward on the reference path: (output, flat mean, flat rstd)."""
     emb = F.embedding(indices, weight).to(compute_dtype)
-    out = F.layer_norm(emb, (weight.shape[1],), norm_weight, norm_bias, eps).to(weight.dtype)
-    mean, rstd = _statistics(emb.reshape(-1, weight.shape[1]), eps)
-    return out, mean, rstd
+    out, mean, rstd = layer_norm_forward(emb, norm_weight, norm_bias, eps)
+    return out.to(weight.dtype), mean.reshape(-1), rstd.reshape(-1)
 
 
 def stable_embedding_backward(
@@ -189,6 +210,6 @@ def stable_embedding_backward(
     LayerNorm backward, and its input gradient cast to the weight's dtype (backward of the first ``.to``)."""
     dim = weight.shape[1]
     emb = F.embedding(indices.reshape(-1), weight).to(compute_dtype)
-    dy = grad.reshape(-1, dim).to(compute_dtype)
+    dy = grad.reshape(indices.numel(), dim).to(compute_dtype)
     dx, dw, db = layer_norm_backward(dy, emb, norm_weight, norm_bias, None, None, eps)
     return dx.to(weight.dtype), dw, db

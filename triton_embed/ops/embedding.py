@@ -57,7 +57,7 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
         raise RuntimeError("embedding_backward: scale_grad_by_freq not supported with sparse gradients")
     dim = grad.shape[-1]
     flat = indices.reshape(-1)
-    values = grad.reshape(-1, dim)
+    values = grad.reshape(flat.numel(), dim)
     if padding_idx >= 0:
         # Dropping padding tokens has a data-dependent size: sparse gradients cost a host sync, as in PyTorch.
         keep = torch.nonzero(flat != padding_idx).squeeze(1)
@@ -124,27 +124,4 @@ def _(weight, indices, max_norm, norm_type):
     return None
 
 
-class EmbeddingWithForwardAD(torch.autograd.Function):
-    """The embedding op as an autograd.Function with a jvp, for forward-mode AD and torch.func transforms
-    (custom ops carry only a backward formula). Eager only: torch.compile takes the custom op."""
-
-    @staticmethod
-    def forward(weight, indices, padding_idx, scale_grad_by_freq, sparse, deterministic):
-        return torch.ops.triton_embed.embedding(weight, indices, padding_idx, scale_grad_by_freq, sparse, deterministic)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _embedding_setup_context(ctx, inputs, output)
-        ctx.save_for_forward(inputs[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _embedding_backward(ctx, grad)
-
-    @staticmethod
-    def jvp(ctx, weight_tangent, *_):
-        (indices,) = ctx.saved_tensors
-        return torch.ops.triton_embed.embedding(weight_tangent, indices, -1, False, False, False)
-
-
-__all__ = ["embedding", "embedding_dense_backward", "embedding_renorm_", "EmbeddingWithForwardAD"]
+__all__ = ["embedding", "embedding_dense_backward", "embedding_renorm_", "sparse_backward"]

@@ -31,6 +31,8 @@ def dense_backward(
 
     ``padding_idx=-1`` means none. The deterministic path is bitwise repeatable; the atomic one is not.
     """
+    # Checked here too, so that torch.use_deterministic_algorithms(True) around backward() alone is honoured.
+    deterministic = deterministic or torch.are_deterministic_algorithms_enabled()
     dim = grad.shape[-1]
     flat = indices.reshape(-1).contiguous()
     grad_2d = grad.reshape(flat.numel(), dim)
