@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,29 @@ CPU_NOTE = (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a shape of 0 or less has nothing to measure)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_out_dir(out: Path) -> str | None:
+    """Why results cannot be written to ``out`` (None when they can): checked before any work, so that a
+    long run is never lost at its end. Creates the folder and removes a probe file."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        return f"cannot write results to {str(out)!r}: {exc.strerror or exc}"
+    return None
+
+
 def parser() -> argparse.ArgumentParser:
     """The options (see docs_bench.md)."""
     p = argparse.ArgumentParser(
@@ -40,9 +64,9 @@ def parser() -> argparse.ArgumentParser:
         "cross product of the lists given (a list not given takes 32000 50257 128256 / 768 2048 4096). "
         "Without a GPU: V=1000 D=40 N=72 (--quick: V=500 D=32 N=64), Zipf ids, under the Triton interpreter.",
     )
-    p.add_argument("--vocab", type=int, nargs="+", help="vocab sizes (rows)")
-    p.add_argument("--dim", type=int, nargs="+", help="embedding dims")
-    p.add_argument("--tokens", type=int, nargs="+", help="tokens per step (default 8192 32768 on a GPU)")
+    p.add_argument("--vocab", type=positive_int, nargs="+", help="vocab sizes (rows)")
+    p.add_argument("--dim", type=positive_int, nargs="+", help="embedding dims")
+    p.add_argument("--tokens", type=positive_int, nargs="+", help="tokens per step (default 8192 32768 on a GPU)")
     p.add_argument("--dtype", nargs="+", choices=list(cases_mod.DTYPES), default=["float32", "bfloat16"],
                    help="weight dtypes (default float32 bfloat16)")
     p.add_argument("--dist", nargs="+", choices=list(cases_mod.DISTS),
@@ -107,7 +131,16 @@ def _tune(selected: list[cases_mod.Case], device: torch.device) -> dict[str, tun
 def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     """Run the benchmark; 0 on success, 1 when a kernel disagrees with the reference."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.tune_only and args.no_tune:
+        cli.error("--tune-only and --no-tune contradict each other")
+    if args.name and (Path(args.name).name != args.name or args.name in (".", "..")):
+        cli.error(f"--name must be a plain file name (no folders), got {args.name!r}")
+    if not args.tune_only:
+        problem = check_out_dir(args.out)
+        if problem:
+            cli.error(problem)
     gpu = (torch.cuda.is_available() and not triton_embed.interpreter_enabled()) if mode is None else mode == "gpu"
     device = torch.device("cuda" if gpu else "cpu")
     started = time.perf_counter()

@@ -43,7 +43,7 @@ class Impl:
 
 
 def stable_available() -> bool:
-    """Whether triton_embed has its StableEmbedding (built by a concurrent issue)."""
+    """Whether this triton_embed has a StableEmbedding (older releases had only the Embedding)."""
     return hasattr(triton_embed, "StableEmbedding")
 
 

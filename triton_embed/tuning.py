@@ -2,7 +2,9 @@
 persistent per-GPU cache written by ``python -m triton_embed.bench`` and read at run time.
 
 Cache file: ``$TRITON_EMBED_CACHE_DIR/tuning.json``, default ``~/.cache/triton_embed/tuning.json``
-(``$XDG_CACHE_HOME`` honoured). Entries are grouped by GPU name and Triton version.
+(``$XDG_CACHE_HOME`` honoured). Entries are grouped by GPU name, Triton version and package version
+(configs and their meaning change between releases); an entry is used only if it is one of the configs
+listed below for its kernel, so a stale or hand-edited entry falls back to the default.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,6 +21,7 @@ import torch
 import triton
 
 from ._dispatch import interpreter_enabled
+from ._version import __version__
 
 Config = dict[str, int]
 
@@ -50,7 +54,7 @@ CONFIGS: dict[str, list[Config]] = {
         {"BLOCK_T": 1, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
         {"BLOCK_T": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
     ],
-    # LayerNorm / StableEmbedding (issue 3). BLOCK_D is the widest column block: rows with D <= BLOCK_D
+    # LayerNorm / StableEmbedding. BLOCK_D is the widest column block: rows with D <= BLOCK_D
     # are held in registers whole; wider rows are streamed. When D is narrower, the launcher grows BLOCK_T
     # so the tile keeps at most BLOCK_T x BLOCK_D elements: at most 16 values per thread forward and 8
     # backward. "maxnreg" is a ptxas launch option (the launchers move it out of the constexprs): without a
@@ -144,12 +148,13 @@ def tuning_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int) -> str:
 
 
 def device_tag(device: torch.device | None = None) -> str:
-    """GPU name and Triton version: tuned configs are valid only for the pair they were measured on."""
+    """GPU name, Triton version and package version: tuned configs are valid only where they were measured,
+    and only for the release whose config lists they come from."""
     if interpreter_enabled() or not torch.cuda.is_available():
         gpu = "interpreter" if interpreter_enabled() else "cpu"
     else:
         gpu = torch.cuda.get_device_name(device)
-    return f"{gpu}|triton-{triton.__version__}"
+    return f"{gpu}|triton-{triton.__version__}|triton_embed-{__version__}"
 
 
 def cache_path() -> Path:
@@ -204,8 +209,22 @@ def write_cache(entries: dict[str, Config], tag: str | None = None, path: Path |
 def _cached_entries() -> dict[str, Config]:
     global _file_entries
     if _file_entries is None:
-        _file_entries = read_cache().get("devices", {}).get(device_tag(), {})
+        try:
+            entries = read_cache().get("devices", {}).get(device_tag(), {})
+        except RuntimeError as exc:  # a damaged cache must not break the ops: tune again, or use the defaults
+            warnings.warn(f"{exc}; using untuned configs", RuntimeWarning, stacklevel=3)
+            entries = {}
+        _file_entries = entries if isinstance(entries, dict) else {}
     return _file_entries
+
+
+def valid_config(kernel: str, config: Any) -> bool:
+    """Whether ``config`` is one of the configs listed for ``kernel`` (what the cache may hold).
+
+    >>> valid_config("gather", CONFIGS["gather"][1]), valid_config("gather", {"BLOCK_T": 8})
+    (True, False)
+    """
+    return isinstance(config, dict) and any(config == listed for listed in CONFIGS.get(kernel, ()))
 
 
 def autotune_enabled() -> bool:
@@ -259,7 +278,7 @@ def choose(
         if key in _chosen:
             return _chosen[key]
         cached = _cached_entries().get(key)
-        if cached is not None:
+        if valid_config(kernel, cached):
             _chosen[key] = cached
             return cached
     config = CONFIGS[kernel][0]
