@@ -2,15 +2,21 @@
 import triton
 import triton.language as tl
 
+from .errors import _record_bad_ids, _valid_ids
+
+#: Op code of this kernel in the error record (``triton_embed/errors.py`` names it).
+OP_GATHER = tl.constexpr(1)
+
 
 @triton.jit
 def gather_rows_kernel(
     weight_ptr,  # (V, D) table, any dtype; strides (stride_wv, stride_wd)
     indices_ptr,  # (N,) int32/int64 row ids, stride stride_i
     out_ptr,  # (N, D) output, weight's dtype; strides (stride_on, stride_od)
+    err_ptr,  # (4,) int64 error record: an id outside [0, V) is noted there
     N,  # tokens (runtime: never recompile per batch)
     D,  # embedding dim
-    V,  # rows in the table; ids outside [0, V) read nothing and write zeros
+    V,  # rows in the table; ids outside [0, V) read nothing and give zero rows
     stride_wv,
     stride_wd,
     stride_i,
@@ -22,17 +28,18 @@ def gather_rows_kernel(
     """Each program copies a BLOCK_T x BLOCK_D tile of gathered rows."""
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
-    tokens = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offsets = tl.arange(0, BLOCK_T)
+    tokens = pid_t * BLOCK_T + offsets
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     token_mask = tokens < N
     col_mask = cols < D
     rows = tl.load(indices_ptr + tokens.to(tl.int64) * stride_i, mask=token_mask, other=0).to(tl.int64)
-    # An id that escaped the host-side check must never become a wild pointer.
-    valid = token_mask & (rows >= 0) & (rows < V)
-    tile_mask = valid[:, None] & col_mask[None, :]
+    valid = _valid_ids(rows, token_mask, V)
+    if pid_d == 0:
+        _record_bad_ids(err_ptr, rows, offsets, token_mask, valid, V, OP_GATHER)
     values = tl.load(
         weight_ptr + rows[:, None] * stride_wv + cols[None, :].to(tl.int64) * stride_wd,
-        mask=tile_mask,
+        mask=valid[:, None] & col_mask[None, :],
         other=0,
     )
     tl.store(

@@ -1,22 +1,27 @@
 """LayerNorm over the last dim: forward with float32 statistics (float64 for float64 data), backward with
-dγ/dβ reduced through per-program partials and a fixed-order second stage (no atomics, no locks).
+dγ/dβ through per-program partials and a fixed-order second stage (no atomics, no locks).
 
 The row math lives in jitted helpers that take the address of each row as a vector of offsets, so the
 fused StableEmbedding kernels (``stable_embedding.py``) run the same code on gathered table rows.
 
-Tiles: a program works on BLOCK_T rows x BLOCK_D columns. With ``SINGLE_BLOCK`` (D <= BLOCK_D) a row
-is loaded once and kept in registers; otherwise the row is streamed in BLOCK_D pieces, several passes
-(the repeat reads hit L2), so large D never needs a large register tile.
+Tiles: a program works on BLOCK_T rows x BLOCK_D columns, BLOCK_D fixed by D alone (the launchers take
+the next power of two up to 8192). With ``SINGLE_BLOCK`` (D <= BLOCK_D) a row is loaded once and kept in
+registers; wider rows are streamed in BLOCK_D pieces over several passes.
+
+Every sum is a fixed tree (``reductions.py``): row sums per BLOCK_D piece, pieces in order; dγ/dβ per
+tile of BLOCK_T rows, tiles in order (the backward's BLOCK_T is fixed by D too). So the outputs and
+gradients do not depend on ``num_warps`` or on the forward's BLOCK_T. Launchers turn off FMA contraction
+for these kernels: whether a product fuses into the add that follows depends on the register layout.
 """
 import triton
 import triton.language as tl
 
 from .numerics import _exact_float, _round
+from .reductions import _reduce_partials, _tree_sum, _tree_sum_columns
 
 # MODE values (constexpr) of the backward helper: what happens to the input gradient of each row.
 DX_STORE = 0  # dst[row, :] = dx, rounded to ROUND_DTYPE (LayerNorm's dx, or StableEmbedding's d(emb) rows)
-DX_ATOMIC_ADD = 1  # dst[id, :] += round(dx), atomically (StableEmbedding's fused weight gradient)
-DX_NONE = 2  # only the dγ/dβ partials
+DX_NONE = 1  # only the dγ/dβ partials
 
 
 @triton.jit
@@ -72,16 +77,15 @@ def _layer_norm_forward_rows(
     zero lose no bits to cancellation."""
     y_ty = y_ptr.dtype.element_ty
     pivot = _round(tl.load(x_ptr + x_rows, mask=x_valid, other=0), CAST_DTYPE).to(ACC_DTYPE)
+    inv_d = _inverse(D, ACC_DTYPE)
     if SINGLE_BLOCK:
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < D
         x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
         shifted = tl.where(col_mask[None, :], x - pivot[:, None], 0.0)
-        inv_d = _inverse(D, ACC_DTYPE)
-        offset = tl.sum(shifted, axis=1) * inv_d
+        offset = _tree_sum(shifted) * inv_d
         xc = tl.where(col_mask[None, :], shifted - offset[:, None], 0.0)
-        var = tl.sum(xc * xc, axis=1) * inv_d
-        rstd = _rstd(var, eps, ACC_DTYPE)
+        rstd = _rstd(_tree_sum(xc * xc) * inv_d, eps, ACC_DTYPE)
         y = xc * rstd[:, None]
         if HAS_WEIGHT:
             y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
@@ -93,15 +97,14 @@ def _layer_norm_forward_rows(
             mask=y_valid[:, None] & col_mask[None, :],
         )
     else:
-        # Two-pass statistics (the mean offset from the pivot, then the centred sum of squares), then the
-        # normalising pass.
+        # Two statistics passes (the mean's offset from the pivot, then the centred sum of squares), then
+        # the normalising pass.
         total = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
             x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
-            total += tl.sum(tl.where(col_mask[None, :], x - pivot[:, None], 0.0), axis=1)
-        inv_d = _inverse(D, ACC_DTYPE)
+            total += _tree_sum(tl.where(col_mask[None, :], x - pivot[:, None], 0.0))
         offset = total * inv_d
         squares = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
@@ -109,7 +112,7 @@ def _layer_norm_forward_rows(
             col_mask = cols < D
             x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
             xc = tl.where(col_mask[None, :], (x - pivot[:, None]) - offset[:, None], 0.0)
-            squares += tl.sum(xc * xc, axis=1)
+            squares += _tree_sum(xc * xc)
         rstd = _rstd(squares * inv_d, eps, ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
@@ -134,15 +137,12 @@ def _emit_dx(
     dx, cols, col_mask, dst_ptr, dst_rows, stride_dstd, dst_valid,
     MODE: tl.constexpr, CAST_DTYPE: tl.constexpr, ROUND_DTYPE: tl.constexpr,
 ):
-    """Hand a [rows, cols] tile of dx on: rounded to CAST_DTYPE then ROUND_DTYPE, then stored
-    (DX_STORE) or atomically added (DX_ATOMIC_ADD) at ``dst_ptr + dst_rows``."""
-    rounded = _round(_round(dx, CAST_DTYPE), ROUND_DTYPE)
-    ptrs = dst_ptr + dst_rows[:, None] + cols[None, :].to(tl.int64) * stride_dstd
-    mask = dst_valid[:, None] & col_mask[None, :]
+    """Store a [rows, cols] tile of dx at ``dst_ptr + dst_rows`` (MODE DX_STORE, where ``dst_valid``),
+    rounded to CAST_DTYPE then ROUND_DTYPE (the backward of the forward's casts)."""
     if MODE == 0:
-        tl.store(ptrs, rounded.to(dst_ptr.dtype.element_ty), mask=mask)
-    elif MODE == 1:
-        tl.atomic_add(ptrs, rounded.to(dst_ptr.dtype.element_ty), mask=mask)
+        rounded = _round(_round(dx, CAST_DTYPE), ROUND_DTYPE)
+        tl.store(dst_ptr + dst_rows[:, None] + cols[None, :].to(tl.int64) * stride_dstd,
+                 rounded.to(dst_ptr.dtype.element_ty), mask=dst_valid[:, None] & col_mask[None, :])
 
 
 @triton.jit
@@ -160,14 +160,15 @@ def _layer_norm_backward_rows(
 ):
     """LayerNorm backward of BLOCK_T rows (rows as in ``_layer_norm_forward_rows``; dy at
     ``dy_ptr + dy_rows`` where ``row_valid``, rounded to CAST_DTYPE as the backward of the forward's final
-    cast does). dx goes to ``_emit_dx``. Returns this tile's [BLOCK_D] dγ and dβ column sums when
-    SINGLE_BLOCK; otherwise adds them in place to row ``partial_row`` of the (P, D) partial buffers, which
-    belongs to the calling program alone."""
+    cast does). dx goes to ``_emit_dx``. Returns this tile's [BLOCK_D] dγ and dβ column sums (fixed trees
+    over the BLOCK_T rows) when SINGLE_BLOCK; otherwise adds them in place to row ``partial_row`` of the
+    (P, D) partial buffers, which belongs to the calling program alone."""
+    mean = tl.load(mean_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
+    rstd = tl.load(rstd_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
+    inv_d = _inverse(D, ACC_DTYPE)
     if SINGLE_BLOCK:
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < D
-        mean = tl.load(mean_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
-        rstd = tl.load(rstd_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
         x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
         dy = _load_tile(dy_ptr, dy_rows, cols, stride_dyd, row_valid[:, None] & col_mask[None, :],
                         CAST_DTYPE, ACC_DTYPE)
@@ -176,21 +177,17 @@ def _layer_norm_backward_rows(
             wdy = dy * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
         else:
             wdy = dy
-        inv_d = _inverse(D, ACC_DTYPE)
-        c1 = tl.sum(xhat * wdy, axis=1) * inv_d
-        c2 = tl.sum(wdy, axis=1) * inv_d
-        if MODE != 2:
+        if MODE == 0:
+            c1 = _tree_sum(xhat * wdy) * inv_d
+            c2 = _tree_sum(wdy) * inv_d
             dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
-            _emit_dx(dx, cols, col_mask, dst_ptr, dst_rows, stride_dstd, dst_valid,
-                     MODE, CAST_DTYPE, ROUND_DTYPE)
-        tile_w = tl.sum(dy * xhat, axis=0)
-        tile_b = tl.sum(dy, axis=0)
+            _emit_dx(dx, cols, col_mask, dst_ptr, dst_rows, stride_dstd, dst_valid, MODE, CAST_DTYPE, ROUND_DTYPE)
+        tile_w = _tree_sum_columns(dy * xhat)
+        tile_b = _tree_sum_columns(dy)
     else:
-        mean = tl.load(mean_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
-        rstd = tl.load(rstd_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
         c1 = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         c2 = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
-        if MODE != 2:
+        if MODE == 0:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 col_mask = cols < D
@@ -203,9 +200,8 @@ def _layer_norm_backward_rows(
                     wdy = dy * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
                 else:
                     wdy = dy
-                c1 += tl.sum(xhat * wdy, axis=1)
-                c2 += tl.sum(wdy, axis=1)
-            inv_d = _inverse(D, ACC_DTYPE)
+                c1 += _tree_sum(xhat * wdy)
+                c2 += _tree_sum(wdy)
             c1 = c1 * inv_d
             c2 = c2 * inv_d
         for d0 in range(0, D, BLOCK_D):
@@ -215,22 +211,22 @@ def _layer_norm_backward_rows(
             dy = _load_tile(dy_ptr, dy_rows, cols, stride_dyd, row_valid[:, None] & col_mask[None, :],
                             CAST_DTYPE, ACC_DTYPE)
             xhat = tl.where(col_mask[None, :], (x - mean[:, None]) * rstd[:, None], 0.0)
-            if MODE != 2:
+            if MODE == 0:
                 if HAS_WEIGHT:
                     wdy = dy * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
                 else:
                     wdy = dy
                 dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
-                _emit_dx(dx, cols, col_mask, dst_ptr, dst_rows, stride_dstd, dst_valid,
-                         MODE, CAST_DTYPE, ROUND_DTYPE)
-            partial_offsets = partial_row.to(tl.int64) * D + cols
+                _emit_dx(dx, cols, col_mask, dst_ptr, dst_rows, stride_dstd, dst_valid, MODE, CAST_DTYPE,
+                         ROUND_DTYPE)
+            partial_offsets = tl.cast(partial_row, tl.int64) * D + cols
             # The program's own earlier writes to its partial row must be visible to all its threads.
             tl.debug_barrier()
             pw = tl.load(partial_w_ptr + partial_offsets, mask=col_mask, other=0)
             pb = tl.load(partial_b_ptr + partial_offsets, mask=col_mask, other=0)
             tl.debug_barrier()
-            tl.store(partial_w_ptr + partial_offsets, pw + tl.sum(dy * xhat, axis=0), mask=col_mask)
-            tl.store(partial_b_ptr + partial_offsets, pb + tl.sum(dy, axis=0), mask=col_mask)
+            tl.store(partial_w_ptr + partial_offsets, pw + _tree_sum_columns(dy * xhat), mask=col_mask)
+            tl.store(partial_b_ptr + partial_offsets, pb + _tree_sum_columns(dy), mask=col_mask)
         tile_w = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
         tile_b = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
     return tile_w, tile_b
@@ -241,7 +237,7 @@ def _zero_partial_row(partial_w_ptr, partial_b_ptr, partial_row, D, ACC_DTYPE: t
     """Zero row ``partial_row`` of both (P, D) partial buffers (the multi-block path adds into them)."""
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
-        offsets = partial_row.to(tl.int64) * D + cols
+        offsets = tl.cast(partial_row, tl.int64) * D + cols
         zero = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
         tl.store(partial_w_ptr + offsets, zero, mask=cols < D)
         tl.store(partial_b_ptr + offsets, zero, mask=cols < D)
@@ -251,36 +247,9 @@ def _zero_partial_row(partial_w_ptr, partial_b_ptr, partial_row, D, ACC_DTYPE: t
 def _store_partial_row(partial_w_ptr, partial_b_ptr, partial_row, pw, pb, D, BLOCK_D: tl.constexpr):
     """Write one program's register-held [BLOCK_D] dγ/dβ sums (single-block path) as its partial row."""
     cols = tl.arange(0, BLOCK_D)
-    offsets = partial_row.to(tl.int64) * D + cols
+    offsets = tl.cast(partial_row, tl.int64) * D + cols
     tl.store(partial_w_ptr + offsets, pw, mask=cols < D)
     tl.store(partial_b_ptr + offsets, pb, mask=cols < D)
-
-
-@triton.jit
-def _reduce_partials(
-    partial_w_ptr, partial_b_ptr, dw_ptr, db_ptr, P, D, stride_dw, stride_db, col_block,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """dγ[c] = Σ_p partial_w[p, c] (and dβ), for the columns of ``col_block``, in a fixed order:
-    BLOCK_P rows at a time in ascending p, then one tree reduction of the [BLOCK_P, BLOCK_D] sums."""
-    cols = col_block * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_mask = cols < D
-    acc_w = tl.zeros([BLOCK_P, BLOCK_D], dtype=partial_w_ptr.dtype.element_ty)
-    acc_b = tl.zeros([BLOCK_P, BLOCK_D], dtype=partial_b_ptr.dtype.element_ty)
-    for p0 in range(0, P, BLOCK_P):
-        rows = p0 + tl.arange(0, BLOCK_P)
-        mask = (rows < P)[:, None] & col_mask[None, :]
-        offsets = rows[:, None].to(tl.int64) * D + cols[None, :]
-        if HAS_WEIGHT:
-            acc_w += tl.load(partial_w_ptr + offsets, mask=mask, other=0)
-        if HAS_BIAS:
-            acc_b += tl.load(partial_b_ptr + offsets, mask=mask, other=0)
-    if HAS_WEIGHT:
-        tl.store(dw_ptr + cols.to(tl.int64) * stride_dw, _round(tl.sum(acc_w, axis=0), dw_ptr.dtype.element_ty),
-                 mask=col_mask)
-    if HAS_BIAS:
-        tl.store(db_ptr + cols.to(tl.int64) * stride_db, _round(tl.sum(acc_b, axis=0), db_ptr.dtype.element_ty),
-                 mask=col_mask)
 
 
 @triton.jit(do_not_specialize=["eps"])
@@ -388,9 +357,8 @@ def layer_norm_param_grad_kernel(
     stride_db,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
-    BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """Second stage of dγ/dβ: each program sums BLOCK_D columns of the partials in a fixed order."""
     _reduce_partials(partial_w_ptr, partial_b_ptr, dw_ptr, db_ptr, P, D, stride_dw, stride_db,
-                     tl.program_id(0), HAS_WEIGHT, HAS_BIAS, BLOCK_P, BLOCK_D)
+                     tl.program_id(0), HAS_WEIGHT, HAS_BIAS, BLOCK_D)

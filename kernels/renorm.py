@@ -1,8 +1,12 @@
-"""In-place max_norm renormalisation of the referenced rows of an embedding table."""
+"""In-place max_norm renormalisation of the referenced rows of an embedding table: two launches, one to
+elect an owner for each referenced row (and to refuse the whole call if an id is out of range), one to
+rescale the owned rows."""
 import triton
 import triton.language as tl
 
+from .errors import _record_bad_ids, _valid_ids
 from .numerics import _exact_float, _round
+from .reductions import _tree_sum
 
 # NORM_KIND values (constexpr): which norm the renorm kernel computes.
 NORM_GENERAL = 0  # (sum |x|^p)^(1/p) for any other p
@@ -13,27 +17,40 @@ NORM_L0 = 4  # number of non-zeros, as torch.norm(p=0)
 NORM_NEG_INF = 5  # min |x|, as torch.norm(p=-inf)
 
 
+#: Op code of the renorm in the error record.
+OP_RENORM = tl.constexpr(2)
+
+
 @triton.jit
 def claim_rows_kernel(
-    indices_ptr,  # (N,) int32/int64 row ids, contiguous, all in [0, V)
-    owner_ptr,  # (V,) int32, filled with N: afterwards the first token position that names each row
+    indices_ptr,  # (N,) int32/int64 row ids, contiguous
+    owner_ptr,  # (V + 1,) int32, filled with N: afterwards the first token position that names each row;
+    #             entry V becomes -1 when some id lies outside [0, V), and the renorm then changes nothing
+    err_ptr,  # (4,) int64 error record
     N,
+    V,
     BLOCK_T: tl.constexpr,
 ):
     """Duplicates of an id elect one owner (the lowest position), so exactly one program rescales each row."""
-    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offsets = tl.arange(0, BLOCK_T)
+    tokens = tl.program_id(0) * BLOCK_T + offsets
     mask = tokens < N
     rows = tl.load(indices_ptr + tokens, mask=mask, other=0).to(tl.int64)
-    tl.atomic_min(owner_ptr + rows, tokens.to(tl.int32), mask=mask)
+    valid = _valid_ids(rows, mask, V)
+    tl.atomic_min(owner_ptr + rows, tokens.to(tl.int32), mask=valid, sem="relaxed")
+    if tl.sum((mask & (valid == 0)).to(tl.int32), axis=0) > 0:
+        tl.store(owner_ptr + V, -1)
+        _record_bad_ids(err_ptr, rows, offsets, mask, valid, V, OP_RENORM)
 
 
 @triton.jit(do_not_specialize=["max_norm", "norm_type"])
 def renorm_rows_kernel(
     weight_ptr,  # (V, D) table, float dtype, updated in place; strides (stride_wv, stride_wd)
-    indices_ptr,  # (N,) int32/int64 row ids, contiguous, all in [0, V)
-    owner_ptr,  # (V,) int32 owner positions from claim_rows_kernel
+    indices_ptr,  # (N,) int32/int64 row ids, contiguous
+    owner_ptr,  # (V + 1,) int32 owner positions from claim_rows_kernel; entry V < 0: leave the table alone
     N,
     D,
+    V,
     max_norm,  # int64 bits of the float64 largest norm a row may keep (see numerics.py)
     norm_type,  # int64 bits of the float64 p, used when NORM_KIND == NORM_GENERAL
     stride_wv,
@@ -43,12 +60,18 @@ def renorm_rows_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Each owned row whose p-norm exceeds max_norm is scaled by max_norm / (norm + 1e-7)."""
+    """Each owned row whose p-norm exceeds max_norm is scaled by max_norm / (norm + 1e-7). The norm's sums
+    are fixed trees over BLOCK_D-wide pieces taken in order (the launcher fixes BLOCK_D by D alone), so the
+    rescaled bits do not depend on the config."""
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < N
     rows = tl.load(indices_ptr + tokens, mask=token_mask, other=0).to(tl.int64)
-    owner = tl.load(owner_ptr + rows, mask=token_mask, other=-1)
-    owned = token_mask & (owner == tokens)
+    # A call that met an out-of-range id changes nothing (claim_rows_kernel marked it).
+    # (The scalar is broadcast first: the interpreter rejects a scalar-and-vector mask.)
+    call_ok = (tl.zeros_like(tokens) + tl.load(owner_ptr + V)) >= 0
+    valid = _valid_ids(rows, token_mask, V) & call_ok
+    owner = tl.load(owner_ptr + rows, mask=valid, other=-1)
+    owned = valid & (owner == tokens)
     row_offsets = rows[:, None] * stride_wv
     p = _exact_float(norm_type, ACC_DTYPE)
     total = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
@@ -62,20 +85,20 @@ def renorm_rows_kernel(
         x = tl.abs(tl.load(weight_ptr + row_offsets + cols[None, :].to(tl.int64) * stride_wd,
                            mask=mask, other=0).to(ACC_DTYPE))
         if NORM_KIND == 1:
-            total += tl.sum(x, axis=1)
+            total += _tree_sum(x)
         elif NORM_KIND == 2:
-            total += tl.sum(x * x, axis=1)
+            total += _tree_sum(x * x)
         elif NORM_KIND == 3:
             total = tl.maximum(total, tl.max(x, axis=1))
             nans += tl.sum((x != x).to(tl.int32), axis=1)
         elif NORM_KIND == 4:
-            total += tl.sum(tl.where(x != 0, 1.0, 0.0).to(ACC_DTYPE), axis=1)
+            total += _tree_sum(tl.where(x != 0, 1.0, 0.0).to(ACC_DTYPE))
         elif NORM_KIND == 5:
             total = tl.minimum(total, tl.min(tl.where(mask, x, float("inf")), axis=1))
             nans += tl.sum((x != x).to(tl.int32), axis=1)
         else:
             powered = tl.exp(p * tl.log(x))
-            total += tl.sum(tl.where(mask, powered, 0.0).to(ACC_DTYPE), axis=1)
+            total += _tree_sum(tl.where(mask, powered, 0.0).to(ACC_DTYPE))
     if NORM_KIND == 2:
         norm = tl.sqrt(total)
     elif NORM_KIND == 0:

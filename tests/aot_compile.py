@@ -43,7 +43,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")
+#: Config keys that are budgets a launcher turns into constexprs (ops/tiles.py), kept for launch_config.
+BUDGET_KEYS = ("ELEMS",)
 DEFAULT_SPECS = "aot_specs:SPECS"
 DEFAULT_PACKAGE = "triton_embed.kernels"
 
@@ -197,7 +199,7 @@ def kernel_configs(spec, arg_names: list[str]) -> list[dict[str, int]]:
     """The family's configs restricted to the constexprs this kernel takes, duplicates dropped."""
     out = []
     for config in spec.config_list():
-        kept = {k: v for k, v in config.items() if k in arg_names or k in LAUNCH_OPTIONS}
+        kept = {k: v for k, v in config.items() if k in arg_names or k in LAUNCH_OPTIONS or k in BUDGET_KEYS}
         if kept not in out:
             out.append(kept)
     return out
@@ -355,8 +357,11 @@ def plan(source: str, only: set[str] | None, targets: tuple[int, ...]) -> tuple[
             configs = kernel_configs(spec, list(fn.arg_names))
             variants = [spec.variants(ci) for ci in range(len(configs))]
             for ci, config in enumerate(configs):  # fail early on a spec that does not match the kernel
-                for variant in variants[ci]:
-                    build_signature(fn, spec, variant, config)
+                for vi, variant in enumerate(variants[ci]):
+                    launched = config
+                    if spec.launch_config is not None:
+                        launched = spec.launch_config(config, spec.cases(ci)[vi])
+                    build_signature(fn, spec, variant, launched)
         except Exception as exc:  # noqa: BLE001
             bad.append({"kernel": spec.name, "module": spec.module, "error": f"{type(exc).__name__}: {exc}"})
             continue

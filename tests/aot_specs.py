@@ -137,100 +137,157 @@ def acc_tl(dtype: str):
 
 W_ROWS = tuple({"w": w} for w in WEIGHT_DTYPES)
 W_IDX_ROWS = tuple({"w": w, "idx": idx} for w, idx in itertools.product(WEIGHT_DTYPES, INDEX_DTYPES))
+#: Row widths compiled for the kernels whose tiles follow D (ops/tiles.py): LM widths, the widest row held
+#: in registers (8192), and a streamed one.
+DIMS = (768, 4096, 8192, 16384)
 
 
-def _counts(case: dict[str, Any], counted: str) -> str:
-    """The counts pointer: ``counted`` (int32 from count_ids_kernel, int64 from torch.bincount) where the
-    launcher counts the ids (scale_grad_by_freq), else ``flat.new_empty(1)``, of the ids' dtype."""
-    kind = case.get("counts", "counted" if case.get("SCALE_BY_FREQ") else "idx")
-    return f"*{counted}" if kind == "counted" else f"*{case['idx']}"
+def with_dims(settings: tuple[dict[str, Any], ...], dims: tuple[int, ...] = DIMS) -> tuple[dict[str, Any], ...]:
+    """``settings`` with a row width each, the widths taken in turn (every width and every setting appear)."""
+    count = max(len(settings), len(dims))
+    return tuple({**settings[i % len(settings)], "dim": dims[i % len(dims)]} for i in range(count))
 
 
-#: Id counts of the plain embedding backward: ops/embedding_backward.py count_ids (int32).
-EMBEDDING_COUNTS = "i32"
-#: Id counts of the StableEmbedding backward: int32, counted by stable_embedding_bwd_kernel (COUNT_IDS).
-STABLE_COUNTS = "i32"
+def _wide(case: dict[str, Any]) -> bool:
+    """float64 statistics: a float64 default dtype (StableEmbedding) or float64 data (LayerNorm, renorm)."""
+    return "fp64" in (case.get("cast"), case.get("x"), case.get("acc"), case.get("w"))
 
 
-# --- kernels/gather.py ---------------------------------------------------------------------------
+def _single(c) -> bool:
+    from triton_embed.ops.tiles import row_width
+
+    return row_width(c["dim"], _wide(c))[1]
+
+
+def _forward_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+    from triton_embed.ops.tiles import forward_tile
+
+    meta, options, _ = forward_tile(config, case["dim"], _wide(case))
+    return {**meta, **options}
+
+
+def _backward_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+    from triton_embed.ops.tiles import backward_tile
+
+    meta, options, _ = backward_tile(config, case["dim"], _wide(case))
+    return {**meta, **options}
+
+
+def _column_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+    from triton_embed.ops.tiles import column_tile
+
+    meta, options = column_tile(config, case["dim"])
+    return {**meta, **options}
+
+
+def _param_grad_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+    from triton_embed.kernels.reductions import PARTIAL_GROUP
+    from triton_embed.ops.tiles import column_tile
+
+    meta, options = column_tile(config, case["dim"], rows=2 * PARTIAL_GROUP.value, wide=_wide(case))
+    return {**meta, **options}
+
+
+def _fixed(configs: list[dict[str, int]]) -> Callable[[], list[dict[str, int]]]:
+    return lambda: configs
+
+
+# --- kernels/gather.py, errors.py ------------------------------------------------------------------
 
 def _gather(c):
-    # ops/gather.py: (weight, flat, out, N, D, V, weight.stride(0), weight.stride(1), flat.stride(0),
-    #   out.stride(0), out.stride(1), BLOCK_T, BLOCK_D); out (N, D) contiguous.
+    # ops/gather.py: (weight, flat, out, record, N, D, V, weight.stride(0), weight.stride(1), flat.stride(0),
+    #   out.stride(0), out.stride(1), BLOCK_T, BLOCK_D); out (N, D) contiguous; the record int64.
     w, idx = c["w"], c["idx"]
-    return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "out_ptr": f"*{w}",
+    return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "out_ptr": f"*{w}", "err_ptr": "*i64",
                     "N": "i32", "D": "i32", "V": "i32", "stride_wv": "i32", "stride_on": "i32"},
                    {"stride_wd": 1, "stride_i": 1, "stride_od": 1},
                    ints=("D", "stride_wv", "stride_on"), element=w)
 
 
-# --- kernels/scatter.py --------------------------------------------------------------------------
-
-def _scatter_add(c):
-    # ops/embedding_backward.py: (grad_2d, flat, counts, acc, N, D, V, padding_idx, grad.stride(0),
-    #   grad.stride(1), SCALE_BY_FREQ, BLOCK_T, BLOCK_D); acc (V, D) float32 (float64 for float64).
-    w, idx = c["w"], c["idx"]
-    return variant({"grad_ptr": f"*{w}", "indices_ptr": f"*{idx}", "counts_ptr": _counts(c, EMBEDDING_COUNTS),
-                    "acc_ptr": f"*{acc_dtype(w)}", "N": "i32", "D": "i32", "V": "i32", "padding_idx": "i32",
-                    "stride_gn": "i32"},
-                   {"stride_gd": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"]}, ints=("D", "stride_gn"))
-
-
-def _segment_sum(c):
-    # (grad_2d, sorted_ids, order, counts, out, head, tail, N, D, padding_idx, grad strides, out strides,
-    #   SCALE_BY_FREQ, ACC_DTYPE, CHUNK, BLOCK_D); sorted ids keep the ids' dtype, order is int64.
-    w, idx = c["w"], c["idx"]
-    return variant({"grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64",
-                    "counts_ptr": _counts(c, EMBEDDING_COUNTS), "out_ptr": f"*{w}",
-                    "head_ptr": f"*{acc_dtype(w)}", "tail_ptr": f"*{acc_dtype(w)}", "N": "i32", "D": "i32",
-                    "padding_idx": "i32", "stride_gn": "i32", "stride_ov": "i32"},
-                   {"stride_gd": 1, "stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"], "ACC_DTYPE": acc_tl(w)},
-                   ints=("D", "stride_gn", "stride_ov"))
-
-
-def _segment_sum_carry(c):
-    # (sorted_ids, counts, out, head, tail, N, D, padding_idx, out.stride(0), out.stride(1), CHUNK, BLOCK_D,
-    #   SCALE_BY_FREQ)
-    w, idx = c["w"], c["idx"]
-    return variant({"sorted_ids_ptr": f"*{idx}", "counts_ptr": _counts(c, EMBEDDING_COUNTS), "out_ptr": f"*{w}",
-                    "head_ptr": f"*{acc_dtype(w)}", "tail_ptr": f"*{acc_dtype(w)}", "N": "i32", "D": "i32",
-                    "padding_idx": "i32", "stride_ov": "i32"},
-                   {"stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"]}, ints=("D", "stride_ov"))
-
-
-def _count_ids(c):
-    # ops/embedding_backward.py count_ids: (flat, counts, N, V, BLOCK_T=COUNT_BLOCK); counts int32.
-    return variant({"indices_ptr": f"*{c['idx']}", "counts_ptr": "*i32", "N": "i32", "V": "i32"})
-
-
-def _count_ids_configs() -> list[dict[str, int]]:
-    """count_ids_kernel is not autotuned: one fixed block, Triton's default launch options."""
-    from triton_embed.ops.embedding_backward import COUNT_BLOCK
-
-    return [{"BLOCK_T": COUNT_BLOCK, "num_warps": 4, "num_stages": 3}]
-
-
-SCALE_BY_FREQ = ({"SCALE_BY_FREQ": False}, {"SCALE_BY_FREQ": True})
+def _error_probe(c):
+    # errors.py: error_probe_kernel[(1,)](record): Triton's default launch options.
+    return variant({"err_ptr": "*i64"})
 
 
 # --- kernels/renorm.py ---------------------------------------------------------------------------
 
 def _claim_rows(c):
-    # ops/renorm.py: (ids, owner, N, BLOCK_T); owner is int32.
-    return variant({"indices_ptr": f"*{c['idx']}", "owner_ptr": "*i32", "N": "i32"})
+    # ops/renorm.py: (ids, owner, record, N, V, BLOCK_T=CLAIM_BLOCK, num_warps=4); owner is int32.
+    return variant({"indices_ptr": f"*{c['idx']}", "owner_ptr": "*i32", "err_ptr": "*i64", "N": "i32", "V": "i32"})
+
+
+def _claim_rows_configs() -> list[dict[str, int]]:
+    from triton_embed.ops.renorm import CLAIM_BLOCK
+
+    return [{"BLOCK_T": CLAIM_BLOCK, "num_warps": 4, "num_stages": 3}]
 
 
 def _renorm_rows(c):
-    # (table, ids, owner, N, D, float_bits(max_norm), float_bits(norm_type), table.stride(0), table.stride(1),
-    #   NORM_KIND, ACC_DTYPE, BLOCK_T, BLOCK_D); the float arguments travel as the int64 bits of a float64.
+    # (table, ids, owner, N, D, V, float_bits(max_norm), float_bits(norm_type), table strides, NORM_KIND,
+    #   ACC_DTYPE, BLOCK_T, BLOCK_D); the float arguments travel as the int64 bits of a float64.
     w, idx = c["w"], c["idx"]
     return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "owner_ptr": "*i32", "N": "i32", "D": "i32",
-                    "max_norm": "i64", "norm_type": "i64", "stride_wv": "i32"},
+                    "V": "i32", "max_norm": "i64", "norm_type": "i64", "stride_wv": "i32"},
                    {"stride_wd": 1, "NORM_KIND": c["NORM_KIND"], "ACC_DTYPE": acc_tl(w)}, ints=("D", "stride_wv"))
 
 
-#: NORM_KIND values of kernels/renorm.py (NORM_GENERAL, L1, L2, INF, L0, NEG_INF).
-NORM_KINDS = tuple({"NORM_KIND": k} for k in range(6))
+def _renorm_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+    return _forward_tile(config, {**case, "acc": acc_dtype(case["w"])})
+
+
+#: NORM_KIND values of kernels/renorm.py (NORM_GENERAL, L1, L2, INF, L0, NEG_INF), each with a width.
+NORM_KINDS = with_dims(tuple({"NORM_KIND": k} for k in range(6)))
+
+
+# --- kernels/embedding_backward.py ---------------------------------------------------------------
+
+def _embedding_pieces(c):
+    # ops/embedding_backward.py: (rows, sorted_ids, order, head, tail, N, D, V, padding_idx, rows.stride(0),
+    #   rows.stride(1), ACC_DTYPE, BLOCK_D); torch.sort keeps the ids' dtype, the order is int64.
+    w, idx = c["w"], c["idx"]
+    acc = acc_dtype(w)
+    return variant({"grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64", "head_ptr": f"*{acc}",
+                    "tail_ptr": f"*{acc}", "N": "i32", "D": "i32", "V": "i32", "padding_idx": "i32",
+                    "stride_gn": "i32"},
+                   {"stride_gd": 1, "ACC_DTYPE": _TL[acc]}, ints=("D", "stride_gn"))
+
+
+def _embedding_rows(c):
+    # (rows, sorted_ids, order, head, tail, out, partial_w|head, partial_b|head, dw|partial_w, db|partial_b,
+    #   N, D, V, P, padding_idx, row_programs, rows strides, out strides, dw_arg.stride(0), db_arg.stride(0),
+    #   SCALE_BY_FREQ, ACC_DTYPE, PARAM_GRADS, HAS_WEIGHT, HAS_BIAS, BLOCK_V, BLOCK_D). With PARAM_GRADS
+    #   (StableEmbedding) the partials are the LayerNorm's (float32, float64 under a float64 default
+    #   dtype), dγ/dβ in the parameters' dtype (the default dtype) with stride 1, or the partials (stride D)
+    #   where absent. Without, the pieces buffer stands in for them.
+    w, idx = c["w"], c["idx"]
+    acc = acc_dtype(w)
+    if c["PARAM_GRADS"]:
+        partial = acc_dtype(c["cast"])
+        types, const, ints = _param_grad_args(c, partial, c["cast"])
+    else:
+        partial = acc
+        types, const, ints = {"dw_ptr": f"*{acc}", "db_ptr": f"*{acc}", "stride_dw": "i32", "stride_db": "i32"}, {}, [
+            "stride_dw", "stride_db"]
+        const.update({"HAS_WEIGHT": False, "HAS_BIAS": False})
+    types.update({"grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64", "head_ptr": f"*{acc}",
+                  "tail_ptr": f"*{acc}", "out_ptr": f"*{w}", "partial_w_ptr": f"*{partial}",
+                  "partial_b_ptr": f"*{partial}", "N": "i32", "D": "i32", "V": "i32", "P": "i32",
+                  "padding_idx": "i32", "row_programs": "i32", "stride_gn": "i32", "stride_ov": "i32"})
+    const.update({"stride_gd": 1, "stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"], "ACC_DTYPE": _TL[acc],
+                  "PARAM_GRADS": c["PARAM_GRADS"]})
+    if c["PARAM_GRADS"]:
+        const.update({"HAS_WEIGHT": c["HAS_WEIGHT"], "HAS_BIAS": c["HAS_BIAS"]})
+    return variant(types, const, ("D", "stride_gn", "stride_ov", *ints))
+
+
+EMBEDDING_PIECES_SETTINGS = with_dims(({"idx": "i64"}, {"idx": "i32"}))
+EMBEDDING_ROWS_SETTINGS = with_dims((
+    {"SCALE_BY_FREQ": False, "PARAM_GRADS": False},
+    {"SCALE_BY_FREQ": True, "PARAM_GRADS": False},
+    {"SCALE_BY_FREQ": False, "PARAM_GRADS": True, "cast": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True},
+    {"SCALE_BY_FREQ": True, "PARAM_GRADS": True, "cast": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": False},
+    {"SCALE_BY_FREQ": False, "PARAM_GRADS": True, "cast": "fp64", "HAS_WEIGHT": False, "HAS_BIAS": False},
+))
 
 
 # --- kernels/layer_norm.py -----------------------------------------------------------------------
@@ -259,7 +316,7 @@ def _layer_norm_fwd(c):
              "mean_ptr": f"*{acc_dtype(x)}", "rstd_ptr": f"*{acc_dtype(x)}", "N": "i32", "D": "i32", "eps": "i64",
              "stride_xn": "i32", "stride_yn": "i32"}
     const = {"stride_xd": 1, "stride_yd": 1, "HAS_WEIGHT": c["HAS_WEIGHT"], "HAS_BIAS": c["HAS_BIAS"],
-             "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": c["SINGLE_BLOCK"]}
+             "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_xn", "stride_yn"]
     for name, stride in (("stride_w", w_stride), ("stride_b", b_stride)):
         if stride is None:
@@ -282,7 +339,7 @@ def _layer_norm_bwd(c):
              "N": "i32", "D": "i32", "rows_per_program": "i32", "stride_xn": "i32", "stride_dyn": "i32",
              "stride_dxn": "i32"}
     const = {"stride_xd": 1, "stride_dyd": 1, "stride_dxd": 1, "HAS_WEIGHT": c["HAS_WEIGHT"],
-             "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": c["SINGLE_BLOCK"]}
+             "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_xn", "stride_dyn", "stride_dxn"]
     if w_stride is None:
         types["stride_w"] = "i32"
@@ -309,7 +366,7 @@ def _param_grad_args(c, acc: str, params: str) -> tuple[dict, dict, list]:
 
 def _layer_norm_param_grad(c):
     # reduce_param_grads: (partial_w, partial_b, dw|partial_w, db|partial_b, P, D, dw.stride(0),
-    #   db.stride(0), HAS_WEIGHT, HAS_BIAS, BLOCK_P, BLOCK_D)
+    #   db.stride(0), HAS_WEIGHT, HAS_BIAS, BLOCK_D)
     x = c["x"]
     acc = acc_dtype(x)
     types, const, ints = _param_grad_args(c, acc, _params_dtype(c, x))
@@ -318,24 +375,24 @@ def _layer_norm_param_grad(c):
     return variant(types, const, ("D", *ints))
 
 
-LAYER_NORM_FWD_SETTINGS = (
-    {"params": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True, "SINGLE_BLOCK": True},
-    {"params": "x", "HAS_WEIGHT": True, "HAS_BIAS": True, "SINGLE_BLOCK": False},
-    {"params": "none", "HAS_WEIGHT": False, "HAS_BIAS": False, "SINGLE_BLOCK": True},
-    {"params": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": False, "SINGLE_BLOCK": False},
-)
-LAYER_NORM_BWD_SETTINGS = (
-    {"params": "fp32", "HAS_WEIGHT": True, "SINGLE_BLOCK": True},
-    {"params": "x", "HAS_WEIGHT": True, "SINGLE_BLOCK": False},
-    {"params": "none", "HAS_WEIGHT": False, "SINGLE_BLOCK": True},
-    {"params": "fp32", "HAS_WEIGHT": True, "SINGLE_BLOCK": False},
-)
-PARAM_GRAD_SETTINGS = (
+LAYER_NORM_FWD_SETTINGS = with_dims((
+    {"params": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True},
+    {"params": "x", "HAS_WEIGHT": True, "HAS_BIAS": True},
+    {"params": "none", "HAS_WEIGHT": False, "HAS_BIAS": False},
+    {"params": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": False},
+), DIMS[::-1])
+LAYER_NORM_BWD_SETTINGS = with_dims((
+    {"params": "fp32", "HAS_WEIGHT": True},
+    {"params": "x", "HAS_WEIGHT": True},
+    {"params": "none", "HAS_WEIGHT": False},
+    {"params": "fp32", "HAS_WEIGHT": True},
+))
+PARAM_GRAD_SETTINGS = with_dims((
     {"params": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True},
     {"params": "x", "HAS_WEIGHT": True, "HAS_BIAS": True},
     {"params": "x", "HAS_WEIGHT": True, "HAS_BIAS": False},
     {"params": "fp32", "HAS_WEIGHT": False, "HAS_BIAS": True},
-)
+))
 X_ROWS = tuple({"x": x} for x in WEIGHT_DTYPES)
 
 
@@ -344,19 +401,19 @@ X_ROWS = tuple({"x": x} for x in WEIGHT_DTYPES)
 # the module's LayerNorm parameters are created in that dtype.
 
 def _stable_fwd(c):
-    # ops/stable_embedding.py forward: (weight, flat, gamma|weight, beta|weight, out, mean, rstd, N, D, V,
-    #   float_bits(eps), weight strides, flat.stride(0), stride_g|0, stride_b|0, out strides, HAS_WEIGHT,
-    #   HAS_BIAS, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D)
+    # ops/stable_embedding.py forward: (weight, flat, gamma|weight, beta|weight, out, record, mean, rstd, N,
+    #   D, V, float_bits(eps), weight strides, flat.stride(0), stride_g|0, stride_b|0, out strides,
+    #   HAS_WEIGHT, HAS_BIAS, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D)
     w, idx, cast = c["w"], c["idx"], c["cast"]
     acc = acc_dtype(cast)
     g_ty, g_stride = _param(c, "HAS_WEIGHT", cast, w)
     b_ty, b_stride = _param(c, "HAS_BIAS", cast, w)
     types = {"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "gamma_ptr": f"*{g_ty}", "beta_ptr": f"*{b_ty}",
-             "out_ptr": f"*{w}", "mean_ptr": f"*{acc}", "rstd_ptr": f"*{acc}", "N": "i32", "D": "i32",
-             "V": "i32", "eps": "i64", "stride_wv": "i32", "stride_on": "i32"}
+             "out_ptr": f"*{w}", "err_ptr": "*i64", "mean_ptr": f"*{acc}", "rstd_ptr": f"*{acc}", "N": "i32",
+             "D": "i32", "V": "i32", "eps": "i64", "stride_wv": "i32", "stride_on": "i32"}
     const = {"stride_wd": 1, "stride_i": 1, "stride_od": 1, "HAS_WEIGHT": c["HAS_WEIGHT"],
              "HAS_BIAS": c["HAS_BIAS"], "CAST_DTYPE": _TL[cast], "ACC_DTYPE": _TL[acc],
-             "SINGLE_BLOCK": c["SINGLE_BLOCK"]}
+             "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_wv", "stride_on"]
     for name, stride in (("stride_g", g_stride), ("stride_b", b_stride)):
         if stride is None:
@@ -368,24 +425,22 @@ def _stable_fwd(c):
 
 
 def _stable_bwd(c):
-    # ops/stable_embedding.py backward: (weight, flat, grad_2d, gamma|weight, mean, rstd, counts, dst,
-    #   partial_w, partial_b, N, D, V, padding_idx, rows_per_program, weight strides, flat.stride(0), grad
-    #   strides, stride_g|0, dst strides, MODE, COUNT_IDS, HAS_WEIGHT, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK,
-    #   BLOCK_T, BLOCK_D). dst: MODE 0 (N, D) weight dtype; MODE 1 (V, D) accumulator of the weight dtype;
-    #   MODE 2 the partial_w buffer. counts: int32 zeros with COUNT_IDS, else flat.new_empty(1).
+    # ops/stable_embedding.py backward: (weight, flat, grad_2d, gamma|weight, mean, rstd, dst, partial_w,
+    #   partial_b, N, D, V, padding_idx, rows_per_program, weight strides, flat.stride(0), grad strides,
+    #   stride_g|0, dst strides, MODE, ALL_ROWS, HAS_WEIGHT, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T,
+    #   BLOCK_D). dst: MODE 0 (N, D) in the weight dtype; MODE 1 the partial_w buffer.
     w, idx, cast, mode = c["w"], c["idx"], c["cast"], c["MODE"]
     acc = acc_dtype(cast)
     g_ty, g_stride = _param(c, "HAS_WEIGHT", cast, w)
-    dst = {0: w, 1: acc_dtype(w), 2: acc}[mode]
-    counts = _counts({"idx": idx, "counts": "counted" if c["COUNT_IDS"] else "idx"}, STABLE_COUNTS)
+    dst = w if mode == 0 else acc
     types = {"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "grad_ptr": f"*{w}", "gamma_ptr": f"*{g_ty}",
-             "mean_ptr": f"*{acc}", "rstd_ptr": f"*{acc}", "counts_ptr": counts, "dst_ptr": f"*{dst}",
+             "mean_ptr": f"*{acc}", "rstd_ptr": f"*{acc}", "dst_ptr": f"*{dst}",
              "partial_w_ptr": f"*{acc}", "partial_b_ptr": f"*{acc}", "N": "i32", "D": "i32", "V": "i32",
              "padding_idx": "i32", "rows_per_program": "i32", "stride_wv": "i32", "stride_gn": "i32",
              "stride_dn": "i32"}
     const = {"stride_wd": 1, "stride_i": 1, "stride_gd": 1, "stride_dd": 1, "MODE": mode,
-             "COUNT_IDS": c["COUNT_IDS"], "HAS_WEIGHT": c["HAS_WEIGHT"], "CAST_DTYPE": _TL[cast],
-             "ACC_DTYPE": _TL[acc], "SINGLE_BLOCK": c["SINGLE_BLOCK"]}
+             "ALL_ROWS": c["ALL_ROWS"], "HAS_WEIGHT": c["HAS_WEIGHT"], "CAST_DTYPE": _TL[cast],
+             "ACC_DTYPE": _TL[acc], "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_wv", "stride_gn", "stride_dn"]
     if g_stride is None:
         types["stride_g"] = "i32"
@@ -395,79 +450,19 @@ def _stable_bwd(c):
     return variant(types, const, tuple(ints))
 
 
-def _stable_grad_finish(c):
-    # ops/stable_embedding.py _finish_atomic: (acc, counts, out|acc, partial_w, partial_b, dw|partial_w,
-    #   db|partial_b, V, D, P, row_programs, out strides, dw.stride(0), db.stride(0), SCALE_BY_FREQ,
-    #   HAS_WEIGHT, HAS_BIAS, BLOCK_V, BLOCK_D, BLOCK_P); acc (V, D) of the weight's accumulator dtype.
-    w, cast = c["w"], c["cast"]
-    acc = acc_dtype(cast)
-    types, const, ints = _param_grad_args(c, acc, cast)
-    types.update({"acc_ptr": f"*{acc_dtype(w)}", "counts_ptr": _counts(c, STABLE_COUNTS), "out_ptr": f"*{w}",
-                  "partial_w_ptr": f"*{acc}", "partial_b_ptr": f"*{acc}", "V": "i32", "D": "i32", "P": "i32",
-                  "row_programs": "i32", "stride_ov": "i32"})
-    const.update({"stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"], "HAS_WEIGHT": c["HAS_WEIGHT"],
-                  "HAS_BIAS": c["HAS_BIAS"]})
-    return variant(types, const, ("D", "stride_ov", *ints))
-
-
-def _stable_segment_sum(c):
-    # _segment_sum_with_param_grads: (rows, sorted_ids, order, counts, out, head, tail, partial_w, partial_b,
-    #   dw|partial_w, db|partial_b, N, D, P, num_chunks, padding_idx, rows strides, out strides,
-    #   dw.stride(0), db.stride(0), SCALE_BY_FREQ, ACC_DTYPE (of the weight dtype), HAS_WEIGHT, HAS_BIAS,
-    #   CHUNK, BLOCK_D, BLOCK_P)
-    w, idx, cast = c["w"], c["idx"], c["cast"]
-    acc = acc_dtype(cast)
-    types, const, ints = _param_grad_args(c, acc, cast)
-    types.update({"grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64",
-                  "counts_ptr": _counts(c, STABLE_COUNTS), "out_ptr": f"*{w}", "head_ptr": f"*{acc_dtype(w)}",
-                  "tail_ptr": f"*{acc_dtype(w)}",
-                  "partial_w_ptr": f"*{acc}", "partial_b_ptr": f"*{acc}", "N": "i32", "D": "i32", "P": "i32",
-                  "num_chunks": "i32", "padding_idx": "i32", "stride_gn": "i32", "stride_ov": "i32"})
-    const.update({"stride_gd": 1, "stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"], "ACC_DTYPE": acc_tl(w),
-                  "HAS_WEIGHT": c["HAS_WEIGHT"], "HAS_BIAS": c["HAS_BIAS"]})
-    return variant(types, const, ("D", "stride_gn", "stride_ov", *ints))
-
-
-STABLE_FWD_SETTINGS = (
-    {"idx": "i64", "cast": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True, "SINGLE_BLOCK": True},
-    {"idx": "i32", "cast": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True, "SINGLE_BLOCK": False},
-    {"idx": "i64", "cast": "fp64", "HAS_WEIGHT": True, "HAS_BIAS": True, "SINGLE_BLOCK": False},
-    {"idx": "i32", "cast": "fp32", "HAS_WEIGHT": False, "HAS_BIAS": False, "SINGLE_BLOCK": True},
-)
-# counts: int64 bincount for dense gradients with scale_grad_by_freq (also on the deterministic path, where
-# MODE is 0 and SCALE_BY_FREQ False), else a 1-element tensor of the ids' dtype.
-# MODE 1 is the atomic dense gradient, MODE 0 the deterministic one (or sparse rows), MODE 2 no table
-# gradient; COUNT_IDS is scale_grad_by_freq on a dense gradient.
-STABLE_BWD_SETTINGS = (
-    {"idx": "i64", "MODE": 1, "COUNT_IDS": True, "HAS_WEIGHT": True, "cast": "fp32", "SINGLE_BLOCK": True},
-    {"idx": "i32", "MODE": 1, "COUNT_IDS": False, "HAS_WEIGHT": True, "cast": "fp32", "SINGLE_BLOCK": False},
-    {"idx": "i64", "MODE": 0, "COUNT_IDS": True, "HAS_WEIGHT": True, "cast": "fp32", "SINGLE_BLOCK": True},
-    {"idx": "i32", "MODE": 2, "COUNT_IDS": False, "HAS_WEIGHT": True, "cast": "fp32", "SINGLE_BLOCK": False},
-    {"idx": "i64", "MODE": 0, "COUNT_IDS": False, "HAS_WEIGHT": False, "cast": "fp64", "SINGLE_BLOCK": False},
-    {"idx": "i32", "MODE": 1, "COUNT_IDS": True, "HAS_WEIGHT": True, "cast": "fp64", "SINGLE_BLOCK": True},
-)
-STABLE_FINISH_SETTINGS = (
-    {"idx": "i64", "SCALE_BY_FREQ": True, "HAS_WEIGHT": True, "HAS_BIAS": True, "cast": "fp32"},
-    {"idx": "i32", "SCALE_BY_FREQ": False, "HAS_WEIGHT": True, "HAS_BIAS": True, "cast": "fp32"},
-    {"idx": "i64", "SCALE_BY_FREQ": True, "HAS_WEIGHT": True, "HAS_BIAS": False, "cast": "fp64"},
-    {"idx": "i32", "SCALE_BY_FREQ": False, "HAS_WEIGHT": False, "HAS_BIAS": False, "cast": "fp32"},
-)
-STABLE_SEGMENT_SUM_SETTINGS = (
-    {"idx": "i64", "SCALE_BY_FREQ": False, "HAS_WEIGHT": True, "HAS_BIAS": True, "cast": "fp32"},
-    {"idx": "i32", "SCALE_BY_FREQ": True, "HAS_WEIGHT": True, "HAS_BIAS": True, "cast": "fp32"},
-    {"idx": "i64", "SCALE_BY_FREQ": True, "HAS_WEIGHT": True, "HAS_BIAS": False, "cast": "fp64"},
-    {"idx": "i32", "SCALE_BY_FREQ": False, "HAS_WEIGHT": False, "HAS_BIAS": False, "cast": "fp32"},
-)
-
-
-def _row_blocks(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
-    """The LayerNorm/StableEmbedding launchers' own derivation (``ops.layer_norm.row_blocks``) at a dim that
-    keeps the config's tile: half-width tiles for float64 statistics, the ``maxnreg`` cap."""
-    from triton_embed.ops.layer_norm import row_blocks
-
-    wide = "fp64" in (case.get("cast"), case.get("x"))
-    meta, options, _ = row_blocks(config, config["BLOCK_D"], wide_accumulator=wide)
-    return {**meta, **options}
+STABLE_FWD_SETTINGS = with_dims((
+    {"idx": "i64", "cast": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True},
+    {"idx": "i32", "cast": "fp32", "HAS_WEIGHT": True, "HAS_BIAS": True},
+    {"idx": "i64", "cast": "fp64", "HAS_WEIGHT": True, "HAS_BIAS": True},
+    {"idx": "i32", "cast": "fp32", "HAS_WEIGHT": False, "HAS_BIAS": False},
+), DIMS[::-1])
+# MODE 0 writes d(emb) rows (ALL_ROWS: every token's, for sparse gradients), MODE 1 only dγ/dβ partials.
+STABLE_BWD_SETTINGS = with_dims((
+    {"idx": "i64", "MODE": 0, "ALL_ROWS": False, "HAS_WEIGHT": True, "cast": "fp32"},
+    {"idx": "i32", "MODE": 0, "ALL_ROWS": True, "HAS_WEIGHT": True, "cast": "fp32"},
+    {"idx": "i64", "MODE": 1, "ALL_ROWS": False, "HAS_WEIGHT": True, "cast": "fp32"},
+    {"idx": "i32", "MODE": 0, "ALL_ROWS": False, "HAS_WEIGHT": False, "cast": "fp64"},
+))
 
 
 _K = "triton_embed.kernels"
@@ -477,31 +472,28 @@ SPECS: dict[str, KernelSpec] = {
     for spec in (
         KernelSpec(f"{_K}.gather", "gather_rows_kernel", "gather", W_IDX_ROWS, _gather,
                    needs_vector_loads=True, vector_tile=("BLOCK_T", "BLOCK_D")),
-        KernelSpec(f"{_K}.scatter", "scatter_add_rows_kernel", "scatter_add", W_IDX_ROWS, _scatter_add,
-                   SCALE_BY_FREQ),
-        KernelSpec(f"{_K}.scatter", "segment_sum_kernel", "segment_sum", W_IDX_ROWS, _segment_sum, SCALE_BY_FREQ),
-        KernelSpec(f"{_K}.scatter", "segment_sum_carry_kernel", "segment_sum", W_IDX_ROWS, _segment_sum_carry,
-                   SCALE_BY_FREQ),
-        KernelSpec(f"{_K}.scatter", "count_ids_kernel", "count_ids", tuple({"idx": i} for i in INDEX_DTYPES),
-                   _count_ids, configs=_count_ids_configs),
+        KernelSpec(f"{_K}.errors", "error_probe_kernel", "error_probe", ({},), _error_probe,
+                   configs=_fixed([{"num_warps": 4, "num_stages": 3}])),
         KernelSpec(f"{_K}.renorm", "claim_rows_kernel", "renorm", tuple({"idx": i} for i in INDEX_DTYPES),
-                   _claim_rows),
-        KernelSpec(f"{_K}.renorm", "renorm_rows_kernel", "renorm", W_IDX_ROWS, _renorm_rows, NORM_KINDS),
+                   _claim_rows, configs=_claim_rows_configs),
+        KernelSpec(f"{_K}.renorm", "renorm_rows_kernel", "renorm", W_IDX_ROWS, _renorm_rows, NORM_KINDS,
+                   launch_config=_renorm_tile),
+        KernelSpec(f"{_K}.embedding_backward", "embedding_bwd_pieces_kernel", "embedding_pieces", W_ROWS,
+                   _embedding_pieces, EMBEDDING_PIECES_SETTINGS, launch_config=_column_tile),
+        # "stable_rows" lists the same configs as "embedding_rows": PARAM_GRADS covers its variant.
+        KernelSpec(f"{_K}.embedding_backward", "embedding_bwd_rows_kernel", "embedding_rows", W_IDX_ROWS,
+                   _embedding_rows, EMBEDDING_ROWS_SETTINGS, launch_config=_column_tile),
         KernelSpec(f"{_K}.layer_norm", "layer_norm_fwd_kernel", "layer_norm", X_ROWS, _layer_norm_fwd,
-                   LAYER_NORM_FWD_SETTINGS, launch_config=_row_blocks),
+                   LAYER_NORM_FWD_SETTINGS, launch_config=_forward_tile),
         KernelSpec(f"{_K}.layer_norm", "layer_norm_bwd_kernel", "layer_norm_backward", X_ROWS, _layer_norm_bwd,
-                   LAYER_NORM_BWD_SETTINGS, launch_config=_row_blocks),
+                   LAYER_NORM_BWD_SETTINGS, launch_config=_backward_tile),
         KernelSpec(f"{_K}.layer_norm", "layer_norm_param_grad_kernel", "layer_norm_param_grad", X_ROWS,
-                   _layer_norm_param_grad, PARAM_GRAD_SETTINGS),
+                   _layer_norm_param_grad, PARAM_GRAD_SETTINGS, launch_config=_param_grad_tile),
         KernelSpec(f"{_K}.stable_embedding", "stable_embedding_fwd_kernel", "stable_forward", W_ROWS, _stable_fwd,
                    STABLE_FWD_SETTINGS, needs_vector_loads=True, vector_tile=("BLOCK_T", "BLOCK_D"),
-                   launch_config=_row_blocks),
+                   launch_config=_forward_tile),
         KernelSpec(f"{_K}.stable_embedding", "stable_embedding_bwd_kernel", "stable_backward", W_ROWS, _stable_bwd,
-                   STABLE_BWD_SETTINGS, launch_config=_row_blocks),
-        KernelSpec(f"{_K}.stable_embedding", "stable_grad_finish_kernel", "stable_finish", W_ROWS,
-                   _stable_grad_finish, STABLE_FINISH_SETTINGS),
-        KernelSpec(f"{_K}.stable_embedding", "stable_segment_sum_kernel", "stable_segment_sum", W_ROWS,
-                   _stable_segment_sum, STABLE_SEGMENT_SUM_SETTINGS),
+                   STABLE_BWD_SETTINGS, launch_config=_backward_tile),
     )
 }
 

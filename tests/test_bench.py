@@ -214,7 +214,7 @@ def test_forced_tuning_retimes_cached_keys(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TRITON_EMBED_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     configs = tuning.CONFIGS["gather"]
-    monkeypatch.setattr(tuning, "_fastest", lambda candidates, bench: candidates[2])
+    monkeypatch.setattr(tuning, "_fastest", lambda kernel, candidates, bench: candidates[2])
     key = tuning.tuning_key("gather", torch.bfloat16, 256, 4096)
     tuning.write_cache({key: configs[1]})
     try:
@@ -234,7 +234,7 @@ def test_tuner_reaches_every_launcher(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(tuning, "interpreter_enabled", lambda: False)
     launched: list[dict] = []
 
-    def every_config(candidates, bench):
+    def every_config(kernel, candidates, bench):
         for config in candidates:
             bench(config)
             launched.append(config)
@@ -252,14 +252,15 @@ def test_tuner_reaches_every_launcher(tmp_path: Path, monkeypatch) -> None:
     finally:
         tuning.forget_choices()
     written = tuning.read_cache()["devices"][tuning.device_tag()]
-    kernels = ("gather", "scatter_add", "segment_sum", "renorm") + (
-        ("stable_forward", "stable_backward") if "stable" in ops else ()
+    families = {"gather", "embedding_pieces", "embedding_rows", "renorm"} | (
+        {"stable_forward", "stable_backward", "stable_rows"} if "stable" in ops else set()
     )
-    for kernel in kernels:
-        key = tuning.tuning_key(kernel, torch.float32, 32, 40)
-        assert written[key] == tuning.CONFIGS[kernel][-1], key
+    assert {key.split("|")[0].split("[")[0] for key in written} == families
+    for key, config in written.items():
+        assert config == tuning.CONFIGS[key.split("|")[0].split("[")[0]][-1], key
+    assert tuning.tuning_key("embedding_rows", torch.float32, 32, 40, rows=300) in written
     assert written == tuner.written
-    assert len(launched) >= sum(len(tuning.CONFIGS[k]) for k in ("gather", "scatter_add", "segment_sum", "renorm"))
+    assert len(launched) >= sum(len(tuning.CONFIGS[k]) for k in families)
 
 
 def _write_many(path: str, prefix: str, count: int, start) -> None:

@@ -26,14 +26,44 @@ def unchanged_after(table, call, exc_type, match):
 
 @pytest.mark.parametrize("bad_id", [10, 11, 2**40, -1, -11])
 @pytest.mark.parametrize("max_norm", [None, 0.01])
-def test_out_of_range_ids_raise_index_error(device, table, bad_id, max_norm):
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_out_of_range_ids_raise_index_error(device, table, bad_id, max_norm, mode):
+    """sync: the call raises. deferred: the call returns (zero rows for the bad id), check_errors() raises.
+    Either way the table is unchanged, max_norm's renorm included."""
+    triton_embed.set_index_check(mode)
     ids = torch.tensor([[0, 3], [bad_id, 9]], device=device)
-    unchanged_after(
-        table, lambda: functional.embedding(ids, table, max_norm=max_norm), IndexError, "out of range.*outside \\[0, 10\\)"
-    )
+    call = lambda: functional.embedding(ids, table, max_norm=max_norm)  # noqa: E731
+    message = f"out of range.*id {bad_id}, outside \\[0, 10\\)"
+    if mode == "sync" or not use_triton(table):
+        unchanged_after(table, call, IndexError, message)
+    else:
+        # With max_norm a lookup is two ops, the renorm and the gather: the gather may already see (and
+        # raise) what the renorm's kernel noted, as any later op would.
+        before = table.detach().clone()
+        try:
+            out = call()
+        except IndexError as exc:
+            assert max_norm is not None and "earlier call" in str(exc)
+            out = None
+        assert torch.equal(table.detach(), before), "a call that met a bad id changed the table"
+        if out is not None:
+            assert not out[1, 0].any() and torch.equal(out[0, 1], table[3].detach())
+            unchanged_after(table, triton_embed.check_errors, IndexError, message)
+    triton_embed.check_errors()  # reported once, then cleared
+
+
+def test_deferred_error_is_raised_by_the_next_call(device, table):
+    if not use_triton(table):
+        pytest.skip("the reference path raises at the call")
+    functional.embedding(torch.tensor([4, 10], device=device), table)
+    good = torch.tensor([1, 2], device=device)
+    with pytest.raises(IndexError, match="earlier call"):
+        functional.embedding(good, table)  # on the CPU the record is visible at once
+    assert torch.equal(functional.embedding(good, table), table[good])
 
 
 def test_out_of_range_ids_raise_in_the_module_too(device):
+    triton_embed.set_index_check("sync")
     emb = triton_embed.Embedding(5, 3, max_norm=0.1, device=device)
     unchanged_after(emb.weight, lambda: emb(torch.tensor([5], device=device)), IndexError, "out of range")
 
@@ -44,6 +74,8 @@ def test_with_the_check_off_bad_ids_read_nothing(device, table):
         pytest.skip("the reference path does its own checking")
     out = functional.embedding(torch.tensor([1, 10, -3], device=device), table)
     assert torch.equal(out[0], table[1]) and not out[1:].any()
+    triton_embed.set_index_check(True)
+    triton_embed.check_errors()  # switching modes cleared what the kernels noted
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.int16, torch.uint8])

@@ -32,10 +32,11 @@ def test_device_tag_names_gpu_triton_and_package_versions():
 
 
 def test_an_entry_of_another_schema_falls_back_to_the_default(compiled_mode):
-    """An older release's stable_finish had no BLOCK_P: using it crashed with KeyError('BLOCK_P')."""
-    key = tuning.tuning_key("stable_finish", torch.bfloat16, 4096, 16384)
-    _write(compiled_mode, {key: {"BLOCK_V": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1}})
-    assert tuning.choose("stable_finish", torch.bfloat16, 4096, 16384) == tuning.CONFIGS["stable_finish"][0]
+    """An older release's renorm entry named BLOCK_T/BLOCK_D; this one's launcher reads ELEMS (an entry of
+    another schema once crashed a launcher with a KeyError)."""
+    key = tuning.tuning_key("renorm", torch.bfloat16, 4096, 16384)
+    _write(compiled_mode, {key: {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1}})
+    assert tuning.choose("renorm", torch.bfloat16, 4096, 16384) == tuning.CONFIGS["renorm"][0]
 
 
 @pytest.mark.parametrize("entry", [

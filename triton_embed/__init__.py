@@ -6,18 +6,10 @@
 torch.Size([3, 16])
 """
 from . import functional, reference, tuning
+from ._dispatch import get_backend, interpreter_enabled, launch_counts, set_backend, use_backend
 from ._version import __version__
-from ._dispatch import (
-    get_backend,
-    index_check_enabled,
-    interpreter_enabled,
-    launch_counts,
-    set_backend,
-    set_index_check,
-    use_backend,
-)
+from .errors import check_errors, index_check_enabled, index_check_mode, set_index_check
 from .nn import Embedding, StableEmbedding
-
 
 __all__ = [
     "Embedding",
@@ -29,7 +21,9 @@ __all__ = [
     "set_backend",
     "use_backend",
     "set_index_check",
+    "index_check_mode",
     "index_check_enabled",
+    "check_errors",
     "interpreter_enabled",
     "launch_counts",
 ]

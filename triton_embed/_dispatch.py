@@ -10,10 +10,7 @@ import torch
 
 BACKENDS = ("auto", "triton", "reference")
 
-_state = {
-    "backend": os.environ.get("TRITON_EMBED_BACKEND", "auto"),
-    "check_indices": os.environ.get("TRITON_EMBED_CHECK_INDICES", "1") not in ("0", "false", "False"),
-}
+_state = {"backend": os.environ.get("TRITON_EMBED_BACKEND", "auto")}
 if _state["backend"] not in BACKENDS:
     raise ValueError(f"TRITON_EMBED_BACKEND must be one of {BACKENDS}, got {_state['backend']!r}")
 
@@ -65,23 +62,6 @@ def use_backend(name: str) -> Iterator[None]:
         yield
     finally:
         set_backend(previous)
-
-
-def set_index_check(enabled: bool) -> None:
-    """Turn the host-side index bounds check on (default) or off.
-
-    The check costs one device-to-host sync per op; turn it off to capture CUDA graphs. With it off,
-    out-of-range ids still never reach memory: the kernels read nothing for them and write zeros.
-
-    >>> import triton_embed
-    >>> triton_embed.set_index_check(False); triton_embed.set_index_check(True)
-    """
-    _state["check_indices"] = bool(enabled)
-
-
-def index_check_enabled() -> bool:
-    """Whether ops check index bounds on the host (see :func:`set_index_check`)."""
-    return _state["check_indices"]
 
 
 #: Element types the kernels take. Tensors of any other dtype (complex, float8, uint16/32/64) run the

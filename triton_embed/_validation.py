@@ -6,7 +6,7 @@ import operator
 
 import torch
 
-from ._dispatch import index_check_enabled
+from .errors import index_check_enabled
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -71,7 +71,8 @@ def check_same_device(indices: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def check_index_bounds(indices: torch.Tensor, num_embeddings: int) -> None:
-    """Raise IndexError if any id lies outside [0, num_embeddings). One host sync; off with set_index_check."""
+    """The reference path's check: raise IndexError if any id lies outside [0, num_embeddings) (one host
+    sync on a GPU; PyTorch's own ops would assert on the device instead). Off with ``set_index_check``."""
     if indices.numel() == 0 or not index_check_enabled():
         return
     low, high = torch.aminmax(indices)

@@ -25,8 +25,28 @@ from ._version import __version__
 
 Config = dict[str, int]
 
-#: Candidate launch configs per kernel. Block keys are the kernels' constexprs; num_warps/num_stages
-#: are launch options. The first entry is the default used without tuning.
+#: Candidate launch configs per kernel family. Block keys are the kernels' constexprs (or, as ``ELEMS``, a
+#: budget the launcher turns into them: ``ops/tiles.py``); num_warps/num_stages are launch options. The
+#: first entry is the default used without tuning. No entry changes a result's bits: the block sizes that
+#: shape a sum are fixed by the row width alone (``ops/tiles.py``), so tuning changes speed only.
+_FORWARD_ROWS = [
+    {"ELEMS": 8192, "num_warps": 16, "num_stages": 1},
+    {"ELEMS": 4096, "num_warps": 8, "num_stages": 1},
+    {"ELEMS": 16384, "num_warps": 16, "num_stages": 1},
+    {"ELEMS": 2048, "num_warps": 4, "num_stages": 1},
+]
+_BACKWARD_ROWS = [
+    {"num_warps": 16, "num_stages": 1},
+    {"num_warps": 8, "num_stages": 1},
+    {"num_warps": 4, "num_stages": 1},
+]
+_GRADIENT_ROWS = [
+    {"BLOCK_V": 16, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
+    {"BLOCK_V": 32, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+    {"BLOCK_V": 8, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1},
+    {"BLOCK_V": 64, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1},
+    {"BLOCK_V": 4, "BLOCK_D": 8192, "num_warps": 16, "num_stages": 1},
+]
 CONFIGS: dict[str, list[Config]] = {
     "gather": [
         {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
@@ -36,99 +56,58 @@ CONFIGS: dict[str, list[Config]] = {
         {"BLOCK_T": 32, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
         {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
     ],
-    "scatter_add": [
-        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_T": 16, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_T": 32, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
-    ],
-    "segment_sum": [
-        {"CHUNK": 16, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 32, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 16, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 32, "BLOCK_D": 128, "num_warps": 8, "num_stages": 1},
-        {"CHUNK": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
-    ],
+    # max_norm: rows of the referenced ids per program (BLOCK_D is fixed by D: the norm is a sum).
     "renorm": [
-        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_T": 1, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_T": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+        {"ELEMS": 4096, "num_warps": 4, "num_stages": 1},
+        {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
+        {"ELEMS": 8192, "num_warps": 8, "num_stages": 1},
     ],
-    # LayerNorm / StableEmbedding. BLOCK_D is the widest column block: rows with D <= BLOCK_D
-    # are held in registers whole; wider rows are streamed. When D is narrower, the launcher grows BLOCK_T
-    # so the tile keeps at most BLOCK_T x BLOCK_D elements: at most 16 values per thread forward and 8
-    # backward. "maxnreg" is a ptxas launch option (the launchers move it out of the constexprs): without a
-    # cap, ptxas sometimes trades a small spill for occupancy; with 128 every config compiles spill-free for
-    # sm_80/sm_90 (BLOCK_T=1 tiles cost more registers). float64 math runs half-width tiles (BLOCK_D / 2).
-    "layer_norm": [
-        {"BLOCK_T": 2, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
+    # The dense weight gradient (kernels/embedding_backward.py): the crossing-run pieces, one program per
+    # chunk of sorted positions walking BLOCK_D columns at a time; then every row written once, BLOCK_V
+    # rows per program. "stable_rows" is the same kernel finishing StableEmbedding's dγ/dβ too.
+    "embedding_pieces": [
+        {"BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_D": 4096, "num_warps": 16, "num_stages": 1},
+        {"BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
     ],
-    "layer_norm_backward": [
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 2, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-    ],
+    "embedding_rows": [dict(c) for c in _GRADIENT_ROWS],
+    "stable_rows": [dict(c) for c in _GRADIENT_ROWS],
+    # LayerNorm and StableEmbedding: a row up to 8192 wide is held in registers whole (ops/tiles.py).
+    # Forward: ELEMS bounds the rows x columns tile (halved for float64 statistics). Backward: the rows
+    # per tile are fixed by D, only the warps are tuned. "maxnreg" 128 (the launch default) keeps ptxas
+    # from trading a spill for occupancy.
+    "layer_norm": [dict(c) for c in _FORWARD_ROWS],
+    "stable_forward": [dict(c) for c in _FORWARD_ROWS],
+    "layer_norm_backward": [dict(c) for c in _BACKWARD_ROWS],
+    "stable_backward": [dict(c) for c in _BACKWARD_ROWS],
+    # dγ/dβ from the backward's per-program partials: BLOCK_D columns per program.
     "layer_norm_param_grad": [
-        {"BLOCK_P": 16, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_P": 32, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_P": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1, "maxnreg": 128},
-    ],
-    "stable_forward": [
-        {"BLOCK_T": 2, "BLOCK_D": 4096, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-    ],
-    "stable_backward": [
-        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 16, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 2, "BLOCK_D": 1024, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-        {"BLOCK_T": 4, "BLOCK_D": 512, "num_warps": 8, "num_stages": 1, "maxnreg": 128},
-    ],
-    # segment_sum's constexprs (its CHUNK x BLOCK_D tile is one scan) plus BLOCK_P, the partial rows per step
-    # of the fused dγ/dβ reduction (a BLOCK_P x BLOCK_D tile per parameter).
-    "stable_segment_sum": [
-        {"CHUNK": 16, "BLOCK_D": 128, "BLOCK_P": 8, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 32, "BLOCK_D": 64, "BLOCK_P": 16, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 16, "BLOCK_D": 256, "BLOCK_P": 4, "num_warps": 4, "num_stages": 1},
-        {"CHUNK": 32, "BLOCK_D": 128, "BLOCK_P": 8, "num_warps": 8, "num_stages": 1},
-    ],
-    # The atomic StableEmbedding backward's second launch: BLOCK_V x BLOCK_D accumulator rows per program
-    # (divide by counts, round to the table's dtype), and the dγ/dβ reduction's BLOCK_P x BLOCK_D tiles.
-    "stable_finish": [
-        {"BLOCK_V": 8, "BLOCK_D": 256, "BLOCK_P": 8, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_V": 16, "BLOCK_D": 128, "BLOCK_P": 16, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_V": 4, "BLOCK_D": 512, "BLOCK_P": 4, "num_warps": 4, "num_stages": 1},
-        {"BLOCK_V": 16, "BLOCK_D": 256, "BLOCK_P": 8, "num_warps": 8, "num_stages": 1},
+        {"BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
     ],
 }
 
 #: One config per kernel under the interpreter: no GPU benchmarker there, and big tiles keep the
-#: number of interpreted programs small.
+#: number of interpreted programs small; narrow column blocks make the tests' small rows walk several.
 INTERPRETER_CONFIGS: dict[str, Config] = {
     "gather": {"BLOCK_T": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "scatter_add": {"BLOCK_T": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "segment_sum": {"CHUNK": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "renorm": {"BLOCK_T": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    # Narrow column blocks so the tests' D <= 96 runs both the one-block and the streamed paths.
-    "layer_norm": {"BLOCK_T": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "layer_norm_backward": {"BLOCK_T": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "layer_norm_param_grad": {"BLOCK_P": 2, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "stable_forward": {"BLOCK_T": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "stable_backward": {"BLOCK_T": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "stable_segment_sum": {"CHUNK": 8, "BLOCK_D": 64, "BLOCK_P": 2, "num_warps": 4, "num_stages": 1},
-    "stable_finish": {"BLOCK_V": 8, "BLOCK_D": 64, "BLOCK_P": 2, "num_warps": 4, "num_stages": 1},
+    "renorm": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
+    "embedding_pieces": {"BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "embedding_rows": {"BLOCK_V": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "stable_rows": {"BLOCK_V": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "layer_norm": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
+    "stable_forward": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
+    "layer_norm_backward": {"num_warps": 4, "num_stages": 1},
+    "stable_backward": {"num_warps": 4, "num_stages": 1},
+    "layer_norm_param_grad": {"BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
 }
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")
 
 _chosen: dict[str, Config] = {}
+_sources: dict[str, str] = {}
 _file_entries: dict[str, Config] | None = None
 _forced = {"on": False}
 
@@ -138,13 +117,21 @@ def token_bucket(tokens: int) -> int:
     return 1 if tokens <= 1 else 1 << (int(tokens) - 1).bit_length()
 
 
-def tuning_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int) -> str:
-    """The cache key of one tuning decision.
+def tuning_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int, rows: int | None = None,
+               variant: str = "") -> str:
+    """The cache key of one tuning decision: the kernel family (and variant, for kernels launched in
+    several forms), dtype, dim, token bucket, and for kernels that walk the table a bucket of its rows.
 
     >>> tuning_key("gather", torch.float32, 768, 5000)
     'gather|float32|768|8192'
+    >>> tuning_key("stable_backward", torch.bfloat16, 4096, 16384, variant="rows")
+    'stable_backward[rows]|bfloat16|4096|16384'
+    >>> tuning_key("embedding_rows", torch.bfloat16, 4096, 16384, rows=128256)
+    'embedding_rows|bfloat16|4096|16384|v131072'
     """
-    return f"{kernel}|{str(dtype).removeprefix('torch.')}|{dim}|{token_bucket(tokens)}"
+    name = f"{kernel}[{variant}]" if variant else kernel
+    key = f"{name}|{str(dtype).removeprefix('torch.')}|{dim}|{token_bucket(tokens)}"
+    return key if rows is None else f"{key}|v{token_bucket(rows)}"
 
 
 def device_tag(device: torch.device | None = None) -> str:
@@ -241,6 +228,7 @@ def forget_choices() -> None:
     """Drop the in-process choices (the next call consults the cache file or tunes again)."""
     global _file_entries
     _chosen.clear()
+    _sources.clear()
     _file_entries = None
 
 
@@ -267,35 +255,54 @@ def choose(
     tokens: int,
     bench: Callable[[Config], None] | None = None,
     force_tune: bool = False,
+    rows: int | None = None,
+    variant: str = "",
 ) -> Config:
     """The config for one launch: in-process choice, else the cache file, else tuned with ``bench``
-    (which must run the kernel once with the given config on scratch buffers), else the default."""
+    (which runs the kernel once with the given config; it may rewrite the launch's own outputs), else the
+    default. Never tunes while a CUDA graph is being captured (timing would break the capture)."""
     if interpreter_enabled():
         return INTERPRETER_CONFIGS[kernel]
     force_tune = force_tune or _forced["on"]
-    key = tuning_key(kernel, dtype, dim, tokens)
+    key = tuning_key(kernel, dtype, dim, tokens, rows, variant)
     if not force_tune:
         if key in _chosen:
             return _chosen[key]
         cached = _cached_entries().get(key)
         if valid_config(kernel, cached):
-            _chosen[key] = cached
+            _chosen[key], _sources[key] = cached, "cache"
             return cached
-    config = CONFIGS[kernel][0]
-    if bench is not None and (force_tune or autotune_enabled()):
-        config = _fastest(CONFIGS[kernel], bench)
-    _chosen[key] = config
+    config, source = CONFIGS[kernel][0], "default"
+    if bench is not None and (force_tune or autotune_enabled()) and not _capturing():
+        config, source = _fastest(kernel, CONFIGS[kernel], bench), "tuned"
+    _chosen[key], _sources[key] = config, source
     return config
 
 
-def _fastest(configs: list[Config], bench: Callable[[Config], None]) -> Config:
+def config_sources() -> dict[str, str]:
+    """Where each config chosen in this process came from: ``"cache"``, ``"tuned"`` or ``"default"``."""
+    return dict(_sources)
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _fastest(kernel: str, configs: list[Config], bench: Callable[[Config], None]) -> Config:
+    """The config ``bench`` runs fastest. A config that fails to compile or launch (out of resources) is
+    not a candidate; an out-of-memory is reported, not hidden, and the search goes on with the rest."""
     from triton.testing import do_bench
 
     best, best_ms = configs[0], float("inf")
     for config in configs:
         try:
             ms = do_bench(lambda: bench(config), warmup=5, rep=20)
-        except Exception:  # a config the GPU cannot run (out of resources) is just not a candidate
+        except torch.cuda.OutOfMemoryError as exc:
+            warnings.warn(f"triton_embed tuning {kernel}: config {config} ran out of memory ({exc}); skipped",
+                          RuntimeWarning, stacklevel=3)
+            torch.cuda.empty_cache()
+            continue
+        except Exception:  # noqa: BLE001 - a config the GPU cannot run is just not a candidate
             continue
         if ms < best_ms:
             best, best_ms = config, ms

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import errors, reference
 from .._dispatch import use_triton
 from .._validation import check_index_bounds
 from . import embedding_backward, gather, renorm
@@ -16,9 +16,12 @@ def embedding(
     weight: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool, sparse: bool, deterministic: bool
 ) -> Tensor:
     """``weight[indices]``; the other arguments only shape the backward (``padding_idx=-1``: none)."""
-    check_index_bounds(indices, weight.shape[0])
     if use_triton(weight):
-        return gather.gather(weight, indices)
+        errors.before_call(weight.device)
+        out = gather.gather(weight, indices)
+        errors.after_call(weight.device)
+        return out
+    check_index_bounds(indices, weight.shape[0])
     return reference.gather(weight, indices)
 
 
@@ -52,17 +55,24 @@ embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup_
 
 
 def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
-    """PyTorch's uncoalesced sparse COO weight gradient: one entry per non-padding token."""
+    """PyTorch's uncoalesced sparse COO weight gradient: one entry per non-padding token. It never holds an
+    out-of-range index: such tokens (which the forward reported) are dropped with the padding tokens, or,
+    without a padding row, become zero entries at row 0."""
     if scale_grad_by_freq:
         raise RuntimeError("embedding_backward: scale_grad_by_freq not supported with sparse gradients")
     dim = grad.shape[-1]
     flat = indices.reshape(-1)
     values = grad.reshape(flat.numel(), dim)
+    valid = (flat >= 0) & (flat < num_weights)
     if padding_idx >= 0:
         # Dropping padding tokens has a data-dependent size: sparse gradients cost a host sync, as in PyTorch.
-        keep = torch.nonzero(flat != padding_idx).squeeze(1)
-        flat = flat[keep]
-        values = torch.ops.triton_embed.embedding(values, keep, -1, False, False, False)
+        keep = torch.nonzero(valid & (flat != padding_idx)).squeeze(1)
+        flat = flat.index_select(0, keep)
+        values = values.index_select(0, keep)
+    else:
+        flat = torch.where(valid, flat, 0)
+        values = torch.where(valid.unsqueeze(1), values, 0)
+    # Every index is in [0, num_weights) by construction: the invariants need no check.
     return torch.sparse_coo_tensor(
         flat.reshape(1, -1).to(torch.int64), values, (num_weights, dim), is_coalesced=False,
         check_invariants=False,
@@ -75,6 +85,7 @@ def embedding_dense_backward(
 ) -> Tensor:
     """The dense (num_weights, D) weight gradient of a lookup."""
     if use_triton(grad):
+        errors.before_call(grad.device)
         return embedding_backward.dense_backward(
             grad, indices, num_weights, padding_idx, scale_grad_by_freq, deterministic
         )
@@ -112,10 +123,12 @@ embedding_dense_backward.register_autograd(_dense_backward_backward, setup_conte
 @torch.library.custom_op("triton_embed::embedding_renorm_", mutates_args=("weight",))
 def embedding_renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
     """In place and without grad: rows named by ``indices`` whose norm exceeds ``max_norm`` are scaled."""
-    check_index_bounds(indices, weight.shape[0])
     if use_triton(weight):
+        errors.before_call(weight.device)
         renorm.renorm_(weight, indices, max_norm, norm_type)
+        errors.after_call(weight.device)
     else:
+        check_index_bounds(indices, weight.shape[0])
         reference.embedding_renorm_(weight, indices, max_norm, norm_type)
 
 

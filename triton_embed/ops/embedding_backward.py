@@ -1,22 +1,33 @@
-"""Launchers of the dense weight gradient: atomic scatter-add, or sort + deterministic segment sums."""
+"""Launcher of the dense weight gradient: sort the ids, then ``kernels/embedding_backward.py``'s two
+launches write every row of the gradient once, in its own dtype, with sums whose order depends on the
+input alone (deterministic for every config; there is no atomic path)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import triton
+import triton.language as tl
 
-from triton_embed.kernels.scatter import (
-    count_ids_kernel,
-    scatter_add_rows_kernel,
-    segment_sum_carry_kernel,
-    segment_sum_kernel,
+from triton_embed.kernels.embedding_backward import (
+    PARAM_BLOCK_D,
+    SEG,
+    embedding_bwd_pieces_kernel,
+    embedding_bwd_rows_kernel,
 )
 
 from .. import tuning
 from .._dispatch import device_guard, new_output, record_launch
+from .dtypes import accumulator_dtype
+from .tiles import column_tile
+
+#: Sorted positions per chunk (the kernels' constant, as a Python int).
+CHUNK = SEG.value
 
 
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def sorted_ids(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids sorted stably, the token of each sorted position as int64): equal ids keep token order."""
+    return torch.sort(flat, stable=True)
 
 
 def dense_backward(
@@ -25,95 +36,79 @@ def dense_backward(
     num_weights: int,
     padding_idx: int,
     scale_grad_by_freq: bool,
-    deterministic: bool,
+    deterministic: bool = True,
 ) -> torch.Tensor:
     """The (num_weights, D) weight gradient of ``out = weight[indices]`` given ``grad`` = d loss / d out.
 
-    ``padding_idx=-1`` means none. The deterministic path is bitwise repeatable; the atomic one is not.
+    ``padding_idx=-1`` means none; ids outside ``[0, num_weights)`` contribute nothing. Bitwise repeatable
+    whatever ``deterministic`` says (it is accepted for the API's sake).
     """
-    # Checked here too, so that torch.use_deterministic_algorithms(True) around backward() alone is honoured.
-    deterministic = deterministic or torch.are_deterministic_algorithms_enabled()
     dim = grad.shape[-1]
     flat = indices.reshape(-1).contiguous()
     grad_2d = grad.reshape(flat.numel(), dim)
-    num_tokens = flat.numel()
-    acc_dtype = _accumulator_dtype(grad.dtype)
-    counts = count_ids(flat, num_weights) if scale_grad_by_freq and num_tokens else flat.new_empty(1)
-    if deterministic:
-        out = torch.zeros((num_weights, dim), dtype=grad.dtype, device=grad.device)
-        if num_tokens and dim:
-            with device_guard(grad):
-                _segment_sum(grad_2d, flat, counts, out, padding_idx, scale_grad_by_freq, acc_dtype)
+    return accumulate_rows(grad_2d, flat, num_weights, padding_idx, scale_grad_by_freq)
+
+
+def accumulate_rows(
+    rows: torch.Tensor,
+    flat: torch.Tensor,
+    num_weights: int,
+    padding_idx: int,
+    scale_grad_by_freq: bool,
+    param_grads: Optional[tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]] = None,
+    tuning_name: str = "embedding_rows",
+) -> torch.Tensor:
+    """``out[v] = Σ_{t: flat[t] = v} rows[t]`` (÷ the count with ``scale_grad_by_freq``) for all v, written
+    once in ``rows``' dtype. ``param_grads = (partial_w, partial_b, dγ | None, dβ | None)``: the same launch
+    also finishes StableEmbedding's dγ/dβ from the (P, D) partials."""
+    num_tokens, dim = rows.shape
+    if not num_tokens or not dim:
+        out = torch.zeros((num_weights, dim), dtype=rows.dtype, device=rows.device)
+        if param_grads is not None:
+            for t in param_grads[2:]:
+                if t is not None:
+                    t.zero_()
         return out
-    acc = torch.zeros((num_weights, dim), dtype=acc_dtype, device=grad.device)
-    if num_tokens and dim:
-        with device_guard(grad):
-            _scatter_add(grad_2d, flat, counts, acc, padding_idx, scale_grad_by_freq)
-    return acc if acc.dtype == grad.dtype else acc.to(grad.dtype)
+    acc = accumulator_dtype(rows.dtype)
+    acc_tl = tl.float64 if acc == torch.float64 else tl.float32
+    out = new_output((num_weights, dim), rows.dtype, rows.device)
+    with device_guard(rows):
+        ids, order = sorted_ids(flat)
+        num_chunks = triton.cdiv(num_tokens, CHUNK)
+        head = new_output((num_chunks, dim), acc, rows.device)
+        tail = new_output((num_chunks, dim), acc, rows.device)
 
+        def pieces(config: tuning.Config) -> None:
+            meta, options = column_tile(config, dim)
+            embedding_bwd_pieces_kernel[(num_chunks,)](
+                rows, ids, order, head, tail, num_tokens, dim, num_weights, padding_idx,
+                rows.stride(0), rows.stride(1), ACC_DTYPE=acc_tl, **meta, **options,
+            )
 
-COUNT_BLOCK = 1024
+        # Both launches rewrite only their own outputs: timing runs may launch into them.
+        pieces(tuning.choose("embedding_pieces", rows.dtype, dim, num_tokens, bench=pieces))
+        record_launch("embedding_bwd_pieces_kernel")
+        if param_grads is None:
+            partial_w = partial_b = head
+            dw = db = None
+        else:
+            partial_w, partial_b, dw, db = param_grads
+        dw_arg = dw if dw is not None else partial_w
+        db_arg = db if db is not None else partial_b
 
+        def write_rows(config: tuning.Config) -> None:
+            meta, options = column_tile(config, dim)
+            row_programs = triton.cdiv(num_weights, meta["BLOCK_V"])
+            param_programs = triton.cdiv(dim, PARAM_BLOCK_D.value) if param_grads is not None else 0
+            embedding_bwd_rows_kernel[(row_programs + param_programs,)](
+                rows, ids, order, head, tail, out, partial_w, partial_b, dw_arg, db_arg,
+                num_tokens, dim, num_weights, partial_w.shape[0], padding_idx, row_programs,
+                rows.stride(0), rows.stride(1), out.stride(0), out.stride(1),
+                dw_arg.stride(0), db_arg.stride(0),
+                SCALE_BY_FREQ=scale_grad_by_freq, ACC_DTYPE=acc_tl, PARAM_GRADS=param_grads is not None,
+                HAS_WEIGHT=dw is not None, HAS_BIAS=db is not None, **meta, **options,
+            )
 
-def count_ids(flat: torch.Tensor, num_weights: int) -> torch.Tensor:
-    """(num_weights,) int32 occurrences of each id in ``flat`` (contiguous), without a host sync."""
-    counts = torch.zeros(num_weights, dtype=torch.int32, device=flat.device)
-    if flat.numel():
-        with device_guard(flat):
-            count_ids_kernel[(triton.cdiv(flat.numel(), COUNT_BLOCK),)](flat, counts, flat.numel(), num_weights,
-                                                                        BLOCK_T=COUNT_BLOCK)
-        record_launch("count_ids_kernel")
-    return counts
-
-
-def _scatter_add(grad_2d, flat, counts, acc, padding_idx, scale_grad_by_freq) -> None:
-    num_tokens, dim = grad_2d.shape
-
-    def launch(config: tuning.Config, target: torch.Tensor = acc) -> None:
-        meta, options = tuning.split(config)
-        meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
-        grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]), triton.cdiv(dim, meta["BLOCK_D"]))
-        scatter_add_rows_kernel[grid](
-            grad_2d, flat, counts, target, num_tokens, dim, acc.shape[0], padding_idx,
-            grad_2d.stride(0), grad_2d.stride(1), SCALE_BY_FREQ=scale_grad_by_freq, **meta, **options,
-        )
-
-    scratch = None
-
-    def bench(config: tuning.Config) -> None:
-        # Timing runs accumulate into scratch, never into the real gradient.
-        nonlocal scratch
-        if scratch is None:
-            scratch = torch.zeros_like(acc)
-        launch(config, scratch)
-
-    launch(tuning.choose("scatter_add", grad_2d.dtype, dim, num_tokens, bench=bench))
-    record_launch("scatter_add_rows_kernel")
-
-
-def _segment_sum(grad_2d, flat, counts, out, padding_idx, scale_grad_by_freq, acc_dtype) -> None:
-    num_tokens, dim = grad_2d.shape
-    sorted_ids, order = torch.sort(flat, stable=True)
-    acc_tl = triton.language.float64 if acc_dtype == torch.float64 else triton.language.float32
-
-    def launch(config: tuning.Config) -> None:
-        meta, options = tuning.split(config)
-        meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
-        num_chunks = triton.cdiv(num_tokens, meta["CHUNK"])
-        head = new_output((num_chunks, dim), acc_dtype, out.device)
-        tail = new_output((num_chunks, dim), acc_dtype, out.device)
-        grid = (num_chunks, triton.cdiv(dim, meta["BLOCK_D"]))
-        segment_sum_kernel[grid](
-            grad_2d, sorted_ids, order, counts, out, head, tail, num_tokens, dim, padding_idx,
-            grad_2d.stride(0), grad_2d.stride(1), out.stride(0), out.stride(1),
-            SCALE_BY_FREQ=scale_grad_by_freq, ACC_DTYPE=acc_tl, **meta, **options,
-        )
-        segment_sum_carry_kernel[grid](
-            sorted_ids, counts, out, head, tail, num_tokens, dim, padding_idx, out.stride(0), out.stride(1),
-            CHUNK=meta["CHUNK"], BLOCK_D=meta["BLOCK_D"], SCALE_BY_FREQ=scale_grad_by_freq, **options,
-        )
-
-    # Each row is written whole by exactly one program, so timing runs may rewrite ``out`` in place.
-    launch(tuning.choose("segment_sum", grad_2d.dtype, dim, num_tokens, bench=launch))
-    record_launch("segment_sum_kernel")
-    record_launch("segment_sum_carry_kernel")
+        write_rows(tuning.choose(tuning_name, rows.dtype, dim, num_tokens, bench=write_rows, rows=num_weights))
+        record_launch("embedding_bwd_rows_kernel")
+    return out

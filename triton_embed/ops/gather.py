@@ -6,31 +6,34 @@ import triton
 
 from triton_embed.kernels.gather import gather_rows_kernel
 
-from .. import tuning
+from .. import errors, tuning
 from .._dispatch import device_guard, new_output, record_launch
 
 
 def gather(weight: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``weight[indices]`` by the Triton kernel; output ``indices.shape + (D,)`` in weight's dtype.
 
-    Ids outside ``[0, V)`` give zero rows (the bounds check is the caller's).
+    Ids outside ``[0, V)`` give zero rows and are noted in the device's error record (``errors.py``).
     """
     flat = indices.reshape(-1)
     num_tokens = flat.numel()
     num_rows, dim = weight.shape
     out = new_output((num_tokens, dim), weight.dtype, weight.device)
     if num_tokens and dim:
-        with device_guard(weight):
-            def launch(config: tuning.Config) -> None:
-                meta, options = tuning.split(config)
-                meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
-                grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]), triton.cdiv(dim, meta["BLOCK_D"]))
-                gather_rows_kernel[grid](
-                    weight, flat, out, num_tokens, dim, num_rows,
-                    weight.stride(0), weight.stride(1), flat.stride(0), out.stride(0), out.stride(1),
-                    **meta, **options,
-                )
+        record = errors.record_for(weight.device)
 
+        def launch(config: tuning.Config) -> None:
+            meta, options = tuning.split(config)
+            meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
+            grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]), triton.cdiv(dim, meta["BLOCK_D"]))
+            gather_rows_kernel[grid](
+                weight, flat, out, record, num_tokens, dim, num_rows,
+                weight.stride(0), weight.stride(1), flat.stride(0), out.stride(0), out.stride(1),
+                **meta, **options,
+            )
+
+        with device_guard(weight):
+            # Timing runs rewrite only this call's output.
             launch(tuning.choose("gather", weight.dtype, dim, num_tokens, bench=launch))
-            record_launch("gather_rows_kernel")
+        record_launch("gather_rows_kernel")
     return out.view(*indices.shape, dim)

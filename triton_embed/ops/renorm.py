@@ -9,9 +9,13 @@ import triton.language as tl
 
 from triton_embed.kernels import renorm as kernels
 
-from .. import tuning
+from .. import errors, tuning
 from .._dispatch import device_guard, record_launch
 from .scalars import float_bits
+from .tiles import forward_tile
+
+#: Ids per program of the owner election (a fixed launch: it only scatters atomic minima).
+CLAIM_BLOCK = 1024
 
 
 def norm_kind(norm_type: float) -> int:
@@ -32,24 +36,28 @@ def norm_kind(norm_type: float) -> int:
 def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_type: float) -> None:
     """Scale, in place, each row named by ``indices`` whose ``norm_type``-norm exceeds ``max_norm``.
 
-    Ids must already be in range. Duplicate ids are safe: each row has exactly one owning program.
+    Duplicate ids are safe: each row has exactly one owning program. If any id lies outside ``[0, V)`` the
+    table is left unchanged and the id is noted in the device's error record.
     """
     flat = indices.reshape(-1).contiguous()
     num_tokens = flat.numel()
     num_rows, dim = weight.shape
     if not num_tokens or not dim:
         return
-    acc_dtype = tl.float64 if weight.dtype == torch.float64 else tl.float32
+    wide = weight.dtype == torch.float64
+    acc_dtype = tl.float64 if wide else tl.float32
     kind = norm_kind(norm_type)
+    record = errors.record_for(weight.device)
 
     def launch(config: tuning.Config, table: torch.Tensor, ids: torch.Tensor) -> None:
-        meta, options = tuning.split(config)
-        meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
-        owner = torch.full((table.shape[0],), num_tokens, dtype=torch.int32, device=table.device)
-        grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]),)
-        kernels.claim_rows_kernel[grid](ids, owner, num_tokens, BLOCK_T=meta["BLOCK_T"], **options)
-        kernels.renorm_rows_kernel[grid](
-            table, ids, owner, num_tokens, dim, float_bits(max_norm), float_bits(norm_type),
+        meta, options, _ = forward_tile(config, dim, wide)
+        # Entry V of the owners says whether the call may change the table (claim_rows_kernel).
+        owner = torch.full((table.shape[0] + 1,), num_tokens, dtype=torch.int32, device=table.device)
+        kernels.claim_rows_kernel[(triton.cdiv(num_tokens, CLAIM_BLOCK),)](
+            ids, owner, record, num_tokens, table.shape[0], BLOCK_T=CLAIM_BLOCK, num_warps=4,
+        )
+        kernels.renorm_rows_kernel[(triton.cdiv(num_tokens, meta["BLOCK_T"]),)](
+            table, ids, owner, num_tokens, dim, table.shape[0], float_bits(max_norm), float_bits(norm_type),
             table.stride(0), table.stride(1), NORM_KIND=kind, ACC_DTYPE=acc_dtype, **meta, **options,
         )
 
