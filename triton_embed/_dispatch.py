@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -16,6 +16,19 @@ if _state["backend"] not in BACKENDS:
 
 #: How many times each Triton kernel was launched in this process (by kernel name).
 launch_counts: Counter[str] = Counter()
+
+#: The Python body of every custom op, by qualified name (``triton_embed::embedding``): what a test's
+#: dispatch recorder runs to see the aten ops inside an op that it would otherwise see as one call.
+IMPLEMENTATIONS: dict[str, Callable] = {}
+
+
+def custom_op(name: str, mutates_args: tuple[str, ...] = ()) -> Callable[[Callable], torch.library.CustomOpDef]:
+    """``torch.library.custom_op``, keeping the body in :data:`IMPLEMENTATIONS` too."""
+    def register(fn: Callable) -> torch.library.CustomOpDef:
+        IMPLEMENTATIONS[name] = fn
+        return torch.library.custom_op(name, mutates_args=mutates_args)(fn)
+
+    return register
 
 
 def interpreter_enabled() -> bool:

@@ -94,9 +94,9 @@ CONFIGS: dict[str, list[Config]] = {
 INTERPRETER_CONFIGS: dict[str, Config] = {
     "gather": {"BLOCK_T": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
     "renorm": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
-    "embedding_pieces": {"BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "embedding_rows": {"BLOCK_V": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
-    "stable_rows": {"BLOCK_V": 8, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "embedding_pieces": {"BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+    "embedding_rows": {"BLOCK_V": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+    "stable_rows": {"BLOCK_V": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
     "layer_norm": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
     "stable_forward": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
     "layer_norm_backward": {"num_warps": 4, "num_stages": 1},

@@ -6,12 +6,12 @@ import torch
 from torch import Tensor
 
 from .. import errors, reference
-from .._dispatch import use_triton
+from .._dispatch import custom_op, use_triton
 from .._validation import check_index_bounds
 from . import embedding_backward, gather, renorm
 
 
-@torch.library.custom_op("triton_embed::embedding", mutates_args=())
+@custom_op("triton_embed::embedding", mutates_args=())
 def embedding(
     weight: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool, sparse: bool, deterministic: bool
 ) -> Tensor:
@@ -79,7 +79,7 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
     )
 
 
-@torch.library.custom_op("triton_embed::embedding_dense_backward", mutates_args=())
+@custom_op("triton_embed::embedding_dense_backward", mutates_args=())
 def embedding_dense_backward(
     grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool, deterministic: bool
 ) -> Tensor:
@@ -120,7 +120,7 @@ def _dense_backward_backward(ctx, grad_grad_weight: Tensor):
 embedding_dense_backward.register_autograd(_dense_backward_backward, setup_context=_dense_backward_setup_context)
 
 
-@torch.library.custom_op("triton_embed::embedding_renorm_", mutates_args=("weight",))
+@custom_op("triton_embed::embedding_renorm_", mutates_args=("weight",))
 def embedding_renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
     """In place and without grad: rows named by ``indices`` whose norm exceeds ``max_norm`` are scaled."""
     if use_triton(weight):

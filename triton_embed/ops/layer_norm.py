@@ -14,7 +14,7 @@ from triton_embed.kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fw
 from triton_embed.kernels.reductions import PARTIAL_GROUP
 
 from .. import reference, tuning
-from .._dispatch import device_guard, new_output, record_launch, use_triton
+from .._dispatch import custom_op, device_guard, new_output, record_launch, use_triton
 from .dtypes import accumulator_dtype, tl_dtype
 from .scalars import float_bits
 from .tiles import backward_tile, column_tile, forward_tile
@@ -139,7 +139,7 @@ def backward(
 # Custom ops
 
 
-@torch.library.custom_op("triton_embed::layer_norm", mutates_args=())
+@custom_op("triton_embed::layer_norm", mutates_args=())
 def layer_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """LayerNorm over the last dim: (output like ``input``, mean, rstd), statistics ``input.shape[:-1]``
     in float32 (float64 for float64 input)."""
@@ -155,7 +155,7 @@ def _(input, weight, bias, eps):
     return input.new_empty(input.shape), input.new_empty(stats_shape, dtype=acc), input.new_empty(stats_shape, dtype=acc)
 
 
-@torch.library.custom_op("triton_embed::layer_norm_backward", mutates_args=())
+@custom_op("triton_embed::layer_norm_backward", mutates_args=())
 def layer_norm_backward(
     grad: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
     eps: float,
@@ -183,6 +183,7 @@ def _layer_norm_setup_context(ctx, inputs, output) -> None:
     input, weight, bias, eps = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
     ctx.save_for_backward(input, weight, bias, mean, rstd)
     ctx.eps = eps
 

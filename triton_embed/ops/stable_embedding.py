@@ -20,7 +20,7 @@ from torch import Tensor
 from triton_embed.kernels.stable_embedding import stable_embedding_bwd_kernel, stable_embedding_fwd_kernel
 
 from .. import errors, reference, tuning
-from .._dispatch import device_guard, new_output, record_launch, use_triton
+from .._dispatch import custom_op, device_guard, new_output, record_launch, use_triton
 from .._validation import check_index_bounds
 from .dtypes import accumulator_dtype, tl_dtype
 from .embedding import sparse_backward
@@ -158,7 +158,7 @@ def backward(
 # Custom ops
 
 
-@torch.library.custom_op("triton_embed::stable_embedding", mutates_args=())
+@custom_op("triton_embed::stable_embedding", mutates_args=())
 def stable_embedding(
     weight: Tensor,
     indices: Tensor,
@@ -196,7 +196,7 @@ def _(weight, indices, norm_weight, norm_bias, eps, compute_dtype, padding_idx, 
     )
 
 
-@torch.library.custom_op("triton_embed::stable_embedding_backward", mutates_args=())
+@custom_op("triton_embed::stable_embedding_backward", mutates_args=())
 def stable_embedding_backward(
     grad: Tensor,
     weight: Tensor,
@@ -255,6 +255,7 @@ def _setup_context(ctx, inputs, output) -> None:
     weight, indices, norm_weight, norm_bias, eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, det = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zero tensors for the statistics' (absent) gradients
     # Indices, O(N) statistics and the parameters themselves: no N x D activation.
     ctx.save_for_backward(weight, indices, norm_weight, norm_bias, mean, rstd)
     ctx.options = (eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, det)
