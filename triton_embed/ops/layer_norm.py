@@ -188,7 +188,9 @@ def _layer_norm_setup_context(ctx, inputs, output) -> None:
     ctx.eps = eps
 
 
-def _layer_norm_autograd(ctx, grad: Tensor, _grad_mean, _grad_rstd):
+def _layer_norm_autograd(ctx, grad: Optional[Tensor], _grad_mean, _grad_rstd):
+    if grad is None:  # gradients are not materialised: nothing flowed back into the output
+        return None, None, None, None
     input, weight, bias, mean, rstd = ctx.saved_tensors
     dx, dw, db = torch.ops.triton_embed.layer_norm_backward(grad, input, weight, bias, mean, rstd, ctx.eps)
     return (

@@ -261,7 +261,9 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.options = (eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, det)
 
 
-def _backward(ctx, grad: Tensor, _grad_mean, _grad_rstd):
+def _backward(ctx, grad: Optional[Tensor], _grad_mean, _grad_rstd):
+    if grad is None:  # gradients are not materialised: nothing flowed back into the output
+        return (None,) * 10
     weight, indices, norm_weight, norm_bias, mean, rstd = ctx.saved_tensors
     eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, deterministic = ctx.options
     if not ctx.needs_input_grad[0]:
