@@ -28,19 +28,22 @@ def claim_rows_kernel(
     #             entry V becomes -1 when some id lies outside [0, V), and the renorm then changes nothing
     err_ptr,  # (4,) int64 error record
     N,
-    V,
+    V,  # rows in this table (a shard holds rows [row_start, row_start + V) of the whole)
+    row_start,  # global id of this table's first row
+    total_rows,  # rows of the whole table: ids outside [0, total_rows) are errors
     BLOCK_T: tl.constexpr,
 ):
     """Duplicates of an id elect one owner (the lowest position), so exactly one program rescales each row."""
     offsets = tl.arange(0, BLOCK_T)
     tokens = tl.program_id(0) * BLOCK_T + offsets
     mask = tokens < N
-    rows = tl.load(indices_ptr + tokens, mask=mask, other=0).to(tl.int64)
-    valid = _valid_ids(rows, mask, V)
-    tl.atomic_min(owner_ptr + rows, tokens.to(tl.int32), mask=valid, sem="relaxed")
-    if tl.sum((mask & (valid == 0)).to(tl.int32), axis=0) > 0:
+    ids = tl.load(indices_ptr + tokens, mask=mask, other=0).to(tl.int64)
+    rows = ids - row_start
+    tl.atomic_min(owner_ptr + rows, tokens.to(tl.int32), mask=_valid_ids(rows, mask, V), sem="relaxed")
+    in_range = _valid_ids(ids, mask, total_rows)
+    if tl.sum((mask & (in_range == 0)).to(tl.int32), axis=0) > 0:
         tl.store(owner_ptr + V, -1)
-        _record_bad_ids(err_ptr, rows, offsets, mask, valid, V, OP_RENORM)
+        _record_bad_ids(err_ptr, ids, offsets, mask, in_range, total_rows, OP_RENORM)
 
 
 @triton.jit(do_not_specialize=["max_norm", "norm_type"])
@@ -50,7 +53,8 @@ def renorm_rows_kernel(
     owner_ptr,  # (V + 1,) int32 owner positions from claim_rows_kernel; entry V < 0: leave the table alone
     N,
     D,
-    V,
+    V,  # rows in this table (a shard holds rows [row_start, row_start + V) of the whole)
+    row_start,  # global id of this table's first row
     max_norm,  # int64 bits of the float64 largest norm a row may keep (see numerics.py)
     norm_type,  # int64 bits of the float64 p, used when NORM_KIND == NORM_GENERAL
     stride_wv,
@@ -65,7 +69,7 @@ def renorm_rows_kernel(
     rescaled bits do not depend on the config."""
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < N
-    rows = tl.load(indices_ptr + tokens, mask=token_mask, other=0).to(tl.int64)
+    rows = tl.load(indices_ptr + tokens, mask=token_mask, other=0).to(tl.int64) - row_start
     # A call that met an out-of-range id changes nothing (claim_rows_kernel marked it).
     # (The scalar is broadcast first: the interpreter rejects a scalar-and-vector mask.)
     call_ok = (tl.zeros_like(tokens) + tl.load(owner_ptr + V)) >= 0

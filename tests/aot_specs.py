@@ -195,11 +195,12 @@ def _fixed(configs: list[dict[str, int]]) -> Callable[[], list[dict[str, int]]]:
 # --- kernels/gather.py, errors.py ------------------------------------------------------------------
 
 def _gather(c):
-    # ops/gather.py: (weight, flat, out, record, N, D, V, weight.stride(0), weight.stride(1), flat.stride(0),
+    # ops/gather.py: (weight, flat, out, record, N, D, V, row_start, total_rows, weight strides, flat.stride(0),
     #   out.stride(0), out.stride(1), BLOCK_T, BLOCK_D); out (N, D) contiguous; the record int64.
     w, idx = c["w"], c["idx"]
     return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "out_ptr": f"*{w}", "err_ptr": "*i64",
-                    "N": "i32", "D": "i32", "V": "i32", "stride_wv": "i32", "stride_on": "i32"},
+                    "N": "i32", "D": "i32", "V": "i32", "row_start": "i32", "total_rows": "i32", "stride_wv": "i32",
+                    "stride_on": "i32"},
                    {"stride_wd": 1, "stride_i": 1, "stride_od": 1},
                    ints=("D", "stride_wv", "stride_on"), element=w)
 
@@ -212,8 +213,9 @@ def _error_probe(c):
 # --- kernels/renorm.py ---------------------------------------------------------------------------
 
 def _claim_rows(c):
-    # ops/renorm.py: (ids, owner, record, N, V, BLOCK_T=CLAIM_BLOCK, num_warps=4); owner is int32.
-    return variant({"indices_ptr": f"*{c['idx']}", "owner_ptr": "*i32", "err_ptr": "*i64", "N": "i32", "V": "i32"})
+    # ops/renorm.py: (ids, owner, record, N, V, row_start, total_rows, BLOCK_T=CLAIM_BLOCK, num_warps=4).
+    return variant({"indices_ptr": f"*{c['idx']}", "owner_ptr": "*i32", "err_ptr": "*i64", "N": "i32", "V": "i32",
+                    "row_start": "i32", "total_rows": "i32"})
 
 
 def _claim_rows_configs() -> list[dict[str, int]]:
@@ -223,11 +225,11 @@ def _claim_rows_configs() -> list[dict[str, int]]:
 
 
 def _renorm_rows(c):
-    # (table, ids, owner, N, D, V, float_bits(max_norm), float_bits(norm_type), table strides, NORM_KIND,
+    # (table, ids, owner, N, D, V, row_start, float_bits(max_norm), float_bits(norm_type), table strides, NORM_KIND,
     #   ACC_DTYPE, BLOCK_T, BLOCK_D); the float arguments travel as the int64 bits of a float64.
     w, idx = c["w"], c["idx"]
     return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "owner_ptr": "*i32", "N": "i32", "D": "i32",
-                    "V": "i32", "max_norm": "i64", "norm_type": "i64", "stride_wv": "i32"},
+                    "V": "i32", "row_start": "i32", "max_norm": "i64", "norm_type": "i64", "stride_wv": "i32"},
                    {"stride_wd": 1, "NORM_KIND": c["NORM_KIND"], "ACC_DTYPE": acc_tl(w)}, ints=("D", "stride_wv"))
 
 

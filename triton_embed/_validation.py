@@ -62,6 +62,23 @@ def check_max_norm(max_norm: float | None, norm_type: float, weight: torch.Tenso
         raise ValueError(f"norm_type must be a number, got {norm_type}")
 
 
+def check_table_placement(weight: torch.Tensor, max_norm: float | None) -> None:
+    """A DTensor table: refuse what the ops cannot do on their own (they take replicated tables, tables
+    sharded along the embedding dim, and ids sharded along a batch dim; see ``triton_embed.parallel``)."""
+    placements = getattr(weight, "placements", None)
+    if not placements:
+        return
+    if any(p.is_shard(dim=0) for p in placements):
+        raise NotImplementedError(
+            "a vocabulary-sharded (Shard(0)) DTensor table needs a masked lookup and a collective: parallelize the "
+            "module with triton_embed.parallel.RowwiseParallel instead of calling the functional API on it"
+        )
+    if max_norm is not None:
+        raise NotImplementedError(
+            "max_norm on a DTensor table: use a triton_embed.parallel style (RowwiseParallel renorms each shard)"
+        )
+
+
 def check_same_device(indices: torch.Tensor, weight: torch.Tensor) -> None:
     if indices.device != weight.device:
         raise RuntimeError(

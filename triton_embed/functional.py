@@ -70,6 +70,7 @@ def _check_and_renorm(
     check.check_weight(weight)
     check.check_indices_dtype(input)
     check.check_same_device(input, weight)
+    check.check_table_placement(weight, max_norm)
     check.check_max_norm(max_norm, norm_type, weight)
     padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
     if max_norm is not None:

@@ -8,6 +8,10 @@ from . import functional
 from ._validation import normalize_padding_idx
 
 
+#: Set on a module by ``triton_embed.parallel``'s styles (kept in sync with ``parallel.styles.STYLE_ATTRIBUTE``).
+_PARALLEL_STYLE = "_triton_embed_parallel"
+
+
 def _register_32bit_optimizer_state(module: torch.nn.Module) -> None:
     """As bitsandbytes does: keep 32-bit optimizer state for embedding weights when its 8-bit optimizers run."""
     try:
@@ -74,6 +78,10 @@ class Embedding(torch.nn.Embedding):
         self._fill_padding_idx_with_zero()
 
     def forward(self, input: Tensor) -> Tensor:
+        if hasattr(self, _PARALLEL_STYLE):  # parallelized by triton_embed.parallel: its sharded lookup
+            from .parallel import sharded_forward
+
+            return sharded_forward(self, input)
         return functional.embedding(
             input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
             self.sparse, deterministic=self.deterministic,
@@ -129,6 +137,10 @@ class StableEmbedding(Embedding):
         self.norm = torch.nn.LayerNorm(embedding_dim, device=device)
 
     def forward(self, input: Tensor) -> Tensor:
+        if hasattr(self, _PARALLEL_STYLE):
+            from .parallel import sharded_forward
+
+            return sharded_forward(self, input)
         norm = self.norm
         return functional.stable_embedding(
             input, self.weight, norm.weight, norm.bias, self.padding_idx, self.max_norm, self.norm_type,

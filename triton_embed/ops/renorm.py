@@ -33,15 +33,18 @@ def norm_kind(norm_type: float) -> int:
     return kernels.NORM_GENERAL
 
 
-def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_type: float) -> None:
+def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_type: float, row_start: int = 0,
+            total_rows: int | None = None) -> None:
     """Scale, in place, each row named by ``indices`` whose ``norm_type``-norm exceeds ``max_norm``.
 
     Duplicate ids are safe: each row has exactly one owning program. If any id lies outside ``[0, V)`` the
-    table is left unchanged and the id is noted in the device's error record.
+    table is left unchanged and the id is noted in the device's error record. A shard of a
+    vocabulary-sharded table (rows ``[row_start, row_start + V)`` of ``total_rows``) renorms its own rows.
     """
     flat = indices.reshape(-1).contiguous()
     num_tokens = flat.numel()
     num_rows, dim = weight.shape
+    total_rows = num_rows if total_rows is None else total_rows
     if not num_tokens or not dim:
         return
     wide = weight.dtype == torch.float64
@@ -49,22 +52,23 @@ def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_t
     kind = norm_kind(norm_type)
     record = errors.record_for(weight.device)
 
-    def launch(config: tuning.Config, table: torch.Tensor, ids: torch.Tensor) -> None:
+    def launch(config: tuning.Config, table: torch.Tensor, ids: torch.Tensor, start: int = row_start,
+               total: int = total_rows) -> None:
         meta, options, _ = forward_tile(config, dim, wide)
         # Entry V of the owners says whether the call may change the table (claim_rows_kernel).
         owner = torch.full((table.shape[0] + 1,), num_tokens, dtype=torch.int32, device=table.device)
         kernels.claim_rows_kernel[(triton.cdiv(num_tokens, CLAIM_BLOCK),)](
-            ids, owner, record, num_tokens, table.shape[0], BLOCK_T=CLAIM_BLOCK, num_warps=4,
+            ids, owner, record, num_tokens, table.shape[0], start, total, BLOCK_T=CLAIM_BLOCK, num_warps=4,
         )
         kernels.renorm_rows_kernel[(triton.cdiv(num_tokens, meta["BLOCK_T"]),)](
-            table, ids, owner, num_tokens, dim, table.shape[0], float_bits(max_norm), float_bits(norm_type),
+            table, ids, owner, num_tokens, dim, table.shape[0], start, float_bits(max_norm), float_bits(norm_type),
             table.stride(0), table.stride(1), NORM_KIND=kind, ACC_DTYPE=acc_dtype, **meta, **options,
         )
 
     def bench(config: tuning.Config) -> None:
         # Timing runs rescale a scratch copy of (at most N) rows, never the real table.
         rows = min(num_rows, num_tokens)
-        launch(config, weight[:rows].clone(), torch.remainder(flat, rows))
+        launch(config, weight[:rows].clone(), torch.remainder(flat, rows), 0, rows)
 
     with device_guard(weight):
         launch(tuning.choose("renorm", weight.dtype, dim, num_tokens, bench=bench), weight, flat)
