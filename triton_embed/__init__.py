@@ -8,12 +8,14 @@ torch.Size([3, 16])
 from . import functional, reference, tuning
 from ._dispatch import get_backend, interpreter_enabled, launch_counts, set_backend, use_backend
 from ._version import __version__
+from .convert import replace_embeddings
 from .errors import check_errors, index_check_enabled, index_check_mode, set_index_check
 from .nn import Embedding, StableEmbedding
 
 __all__ = [
     "Embedding",
     "StableEmbedding",
+    "replace_embeddings",
     "functional",
     "reference",
     "tuning",
