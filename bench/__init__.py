@@ -3,13 +3,20 @@
 One job per file:
 
 - ``bootstrap``: picks GPU or Triton-interpreter mode (re-executing with ``TRITON_INTERPRET=1`` on CPU);
-- ``cli``: the command-line options and the run from start to end;
+- ``cli``: the command-line options and the plain run from start to end;
+- ``validate``: ``--validate``'s stages, written into validate.json as each finishes;
+- ``sweep`` / ``sweep_special``: the correctness sweep of every op, option and dtype (and the > 2³¹ table,
+  out-of-range ids, determinism, a CUDA-graph replay);
 - ``cases``: the benchmark shapes and their inputs (Zipf / uniform ids);
-- ``bytes_model``: the fewest bytes each op must move (for GB/s);
-- ``impls``: triton_embed and its peers (reference path, bitsandbytes, torch.compile) as modules;
+- ``bytes_model`` / ``bytes_table``: the minimum bytes of each op and each implementation's own model;
+  the README's table of them at the LM shapes;
+- ``impls``: triton_embed and its peers (PyTorch eager, bitsandbytes, torch.compile, Liger-Kernel) as modules;
 - ``tune``: autotuning of every kernel config and the per-GPU cache write;
-- ``timing``: medians and percentiles, the copy-bandwidth ceiling, the zero-fill, peak memory;
-- ``check``: errors against a float64 oracle;
+- ``rounds``: interleaved timing rounds and their statistics;
+- ``timing``: the timers, the copy-bandwidth ceiling, peak memory, deadlines, SIGTERM;
+- ``check``: errors against a float64 oracle, DESIGN.md §4's tolerance rule;
 - ``runner``: one case measured across implementations;
+- ``benchmark``: the cases in turn within a time budget, and the report files;
+- ``summary``: DESIGN.md §5's targets, met or missed;
 - ``report`` / ``plot``: the terminal table, results.json / .csv, report.md, plot.png.
 """

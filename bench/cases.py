@@ -1,8 +1,12 @@
 """The benchmark cases (op × shape × id distribution × dtype) and their inputs.
 
+Ops: ``embedding`` (lookup), ``stable`` (StableEmbedding: lookup → LayerNorm), ``layer_norm``
+(``functional.layer_norm`` of an N×D input; no table, no ids) and ``renorm`` (lookup with ``max_norm``: the
+in-place renorm of the referenced rows, then the lookup; forward only, its backward is the embedding's).
+
 Defaults on a GPU, from DESIGN.md §5 (LM shapes). The full cross product of vocab × dim × tokens × dist
-× dtype × op is 216 cases: too many for a routine run. The default pairs each vocab with one dim, as real
-models do, so that every vocab and every dim of §5 appears once:
+× dtype is too large for a routine run; the default pairs each vocab with one dim, as real models do, so
+that every vocab and every dim of §5 appears once:
 
 ========================  ======  =====
 model                     vocab   dim
@@ -12,14 +16,15 @@ TinyLlama-1.1B            32000   2048
 Llama-3-8B                128256  4096
 ========================  ======  =====
 
-× tokens 8192 and 32768 (the two ends of "8–32K per step") × Zipf and uniform ids × float32 and bfloat16
-× embedding and stable: 48 cases. ``--vocab``/``--dim`` given on the command line switch to the cross
-product of the lists (a list not given takes all three §5 values). ``--quick`` is one small LM shape.
+× tokens 8192 and 32768 (the two ends of "8–32K per step") × Zipf and uniform ids × float32 and bfloat16.
+``--vocab``/``--dim`` given on the command line switch to the cross product of the lists (a list not given
+takes all three §5 values). ``--quick`` is one small LM shape. ``--validate`` has its own compact set
+(:func:`validate_cases`).
 
 Without a GPU the kernels run under the Triton interpreter, which executes every program in Python:
 the default there is one small shape (V=1000, D=40, N=72: partial tiles in both dimensions) × Zipf ids
-(hot tokens exercise both backward paths; ``--dist`` adds uniform) × both dtypes × both ops, checked
-against the reference in seconds; ``--quick`` is V=500, D=32, N=64. ``--quick`` on a GPU takes Zipf ids only.
+(hot tokens exercise the backward's crossing runs; ``--dist`` adds uniform) × both dtypes, checked
+against the reference in seconds; ``--quick`` is V=500, D=32, N=64.
 """
 from __future__ import annotations
 
@@ -29,8 +34,14 @@ from dataclasses import dataclass
 
 import torch
 
-OPS = ("embedding", "stable")
+OPS = ("embedding", "stable", "layer_norm", "renorm")
+#: Passes each op has: the max_norm renorm is a forward-only op (its backward is the embedding's).
+OP_PASSES = {"embedding": None, "stable": None, "layer_norm": None, "renorm": ("forward",)}
+#: Ops that look rows up in a table (the others take an N×D input).
+TABLE_OPS = ("embedding", "stable", "renorm")
 DISTS = ("zipf", "uniform")
+#: The id distribution of ops without ids.
+NO_DIST = "-"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 LM_VOCABS = (32000, 50257, 128256)
@@ -38,23 +49,28 @@ LM_DIMS = (768, 2048, 4096)
 #: (vocab, dim) pairs of real models: the default GPU shapes.
 LM_PAIRS = ((50257, 768), (32000, 2048), (128256, 4096))
 LM_TOKENS = (8192, 32768)
+#: Tokens per step of the validation run and of the README's bytes-model table (the middle of 8–32K).
+VALIDATE_TOKENS = 16384
 QUICK_GPU_PAIRS = ((50257, 2048),)
 QUICK_GPU_TOKENS = (16384,)
 
 #: CPU (interpreter) (vocab, dim, tokens): partial tiles in both the token and the column dimension
-#: (the interpreter configs use 64-wide tiles). The interpreter runs every program in Python, the
-#: deterministic backward's sort + two launches cost about a second even at this size.
+#: (the interpreter configs use 64-wide tiles).
 CPU_SHAPES = ((1000, 40, 72),)
 QUICK_CPU_SHAPES = ((500, 32, 64),)
 
 #: Exponent of the Zipf law for token ids (≈1 for natural-language text).
 ZIPF_EXPONENT = 1.0
 INDEX_DTYPE = torch.int64
+#: max_norm of the renorm op: below the norm of every random row (≈ √D), so the first call rescales every
+#: referenced row; later calls (the timed ones) find them within the bound, as after a training step.
+MAX_NORM = 1.0
+LAYER_NORM_EPS = 1e-5
 
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark case: an op at one shape, id distribution and weight dtype."""
+    """One benchmark case: an op at one shape, id distribution and weight dtype (vocab 0 without a table)."""
 
     op: str
     vocab: int
@@ -65,28 +81,43 @@ class Case:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """The weight dtype as a ``torch.dtype``."""
+        """The weight (or input) dtype as a ``torch.dtype``."""
         return DTYPES[self.dtype]
 
     def label(self) -> str:
         """Short human-readable name, e.g. ``embedding V=50257 D=768 N=8192 zipf bfloat16``."""
+        if self.op not in TABLE_OPS:
+            return f"{self.op} D={self.dim} N={self.tokens} {self.dtype}"
         return f"{self.op} V={self.vocab} D={self.dim} N={self.tokens} {self.dist} {self.dtype}"
 
     def seed(self) -> int:
         """A seed fixed by the shape, so every run and every implementation sees the same data."""
         return zlib.crc32(f"{self.vocab}|{self.dim}|{self.tokens}|{self.dist}".encode())
 
+    def passes(self, requested: tuple[str, ...]) -> tuple[str, ...]:
+        """The requested passes this op has."""
+        allowed = OP_PASSES[self.op]
+        return requested if allowed is None else tuple(p for p in requested if p in allowed)
+
 
 @dataclass
 class Inputs:
     """The tensors shared by every implementation of a case."""
 
-    ids: torch.Tensor  # (N,) int64
-    weight: torch.Tensor  # (V, D) in the case dtype: copied into every module
-    norm_weight: torch.Tensor  # (D,) float32, γ of StableEmbedding's LayerNorm
-    norm_bias: torch.Tensor  # (D,) float32, β
+    ids: torch.Tensor  # (N,) int64 (empty for layer_norm)
+    weight: torch.Tensor  # (V, D) in the case dtype: copied into every module ((0, D) for layer_norm)
+    norm_weight: torch.Tensor  # (D,) γ: float32 for StableEmbedding's LayerNorm, the case dtype for layer_norm
+    norm_bias: torch.Tensor  # (D,) β
     grad_out: torch.Tensor  # (N, D) in the case dtype: d loss / d output
     unique_ids: int  # distinct ids in ``ids`` (rows the weight gradient touches)
+    #: Σ over distinct ids of ⌈count / 10⌉: the partial segments of PyTorch's CUDA embedding backward.
+    partial_segments: int = 0
+    x: torch.Tensor | None = None  # (N, D) layer_norm input (a leaf that requires grad)
+
+    @property
+    def arg(self) -> torch.Tensor:
+        """What the op's module is called with: the ids, or the layer_norm input."""
+        return self.x if self.x is not None else self.ids
 
 
 def shapes(
@@ -112,14 +143,47 @@ def shapes(
 def build_cases(
     ops: list[str], triples: list[tuple[int, int, int]], dists: list[str], dtypes: list[str]
 ) -> list[Case]:
-    """Every case, grouped by op then shape, so consecutive cases share inputs and compiled kernels."""
-    return [
-        Case(op, v, d, n, dist, dtype)
-        for op in ops
-        for v, d, n in triples
-        for dtype in dtypes
-        for dist in dists
+    """Every case, grouped by op then shape, so consecutive cases share inputs and compiled kernels.
+    ``layer_norm`` has no table and no ids: one case per (dim, tokens, dtype)."""
+    cases: list[Case] = []
+    for op in ops:
+        for v, d, n in triples:
+            for dtype in dtypes:
+                for dist in dists if op in TABLE_OPS else [NO_DIST]:
+                    case = Case(op, v if op in TABLE_OPS else 0, d, n, dist, dtype)
+                    if case not in cases:
+                        cases.append(case)
+    return cases
+
+
+def validate_cases(gpu: bool, quick: bool) -> tuple[list[Case], list[Case]]:
+    """(cases, the subset also measured against torch.compile) of ``--validate``.
+
+    On a GPU: the three §5 (vocab, dim) pairs × N = 16384 (the middle of 8–32K per step) × Zipf ids ×
+    bfloat16 and float32 × every op, plus uniform ids for the embedding at (32000, 2048): 26 cases, which
+    cover every vocab, dim, dtype and id distribution of §5 once and leave room in 8 minutes for the
+    correctness sweep and the tuning. Ordered bfloat16 first and op by op within a shape, so that a run cut
+    short by its time budget still has every op. torch.compile (two modes, each a compile of tens of
+    seconds) runs on one shape per op: (50257, 768) bfloat16, measured last, and only when time is left.
+    Without a GPU: the interpreter shape, bfloat16 and float32 (``quick``: bfloat16, V=500 D=32 N=64).
+    """
+    if gpu:
+        pairs, tokens, dtypes = LM_PAIRS, VALIDATE_TOKENS, ["bfloat16", "float32"]
+    else:
+        (v, d, tokens), = QUICK_CPU_SHAPES if quick else CPU_SHAPES
+        pairs, dtypes = ((v, d),), (["bfloat16"] if quick else ["bfloat16", "float32"])
+    cases = [
+        Case(op, v if op in TABLE_OPS else 0, d, tokens, "zipf" if op in TABLE_OPS else NO_DIST, dtype)
+        for dtype in dtypes for v, d in pairs for op in OPS
     ]
+    if gpu:
+        cases += [Case("embedding", 32000, 2048, tokens, "uniform", dtype) for dtype in dtypes]
+    compiled_pair = pairs[0]
+    subset = [c for c in cases if c.dtype == dtypes[0] and c.dim == compiled_pair[1] and c.dist != "uniform"
+              and c.op in ("embedding", "stable", "layer_norm")]
+    if gpu:  # measured last: with the compile peers when the time budget allows, else without them
+        cases = [c for c in cases if c not in subset] + subset
+    return cases, subset
 
 
 def make_ids(case: Case, generator: torch.Generator) -> torch.Tensor:
@@ -137,15 +201,40 @@ def make_ids(case: Case, generator: torch.Generator) -> torch.Tensor:
     return rows[drawn].to(INDEX_DTYPE)
 
 
+def id_stats(ids: torch.Tensor) -> tuple[int, int]:
+    """(distinct ids U, Σ ⌈count/10⌉ over distinct ids): what the bytes models need of an id batch.
+
+    >>> id_stats(torch.tensor([3, 3, 5] + [7] * 11))
+    (3, 4)
+    """
+    if not ids.numel():
+        return 0, 0
+    _, counts = torch.unique(ids.reshape(-1), return_counts=True)
+    return int(counts.numel()), int(((counts + 9) // 10).sum())
+
+
+def case_ids(case: Case) -> torch.Tensor:
+    """The ids of a table case (on the CPU), as :func:`make_inputs` draws them."""
+    return make_ids(case, torch.Generator().manual_seed(case.seed()))
+
+
 def make_inputs(case: Case, device: torch.device) -> Inputs:
     """Random inputs for a case (never zeros) from seeds fixed by the case; the ids are drawn on the CPU,
     the large tensors directly on ``device``."""
-    ids = make_ids(case, torch.Generator().manual_seed(case.seed()))
     gen = torch.Generator(device).manual_seed(case.seed())
     dtype = case.torch_dtype
+    if case.op not in TABLE_OPS:
+        x = torch.randn(case.tokens, case.dim, generator=gen, device=device).to(dtype).requires_grad_(True)
+        norm_weight = (1.0 + 0.1 * torch.randn(case.dim, generator=gen, device=device)).to(dtype)
+        norm_bias = (0.1 * torch.randn(case.dim, generator=gen, device=device)).to(dtype)
+        grad_out = torch.randn(case.tokens, case.dim, generator=gen, device=device).to(dtype)
+        ids = torch.empty(0, dtype=INDEX_DTYPE, device=device)
+        weight = torch.empty(0, case.dim, dtype=dtype, device=device)
+        return Inputs(ids, weight, norm_weight, norm_bias, grad_out, 0, 0, x)
+    ids = case_ids(case)
     weight = torch.randn(case.vocab, case.dim, generator=gen, device=device).to(dtype)
     norm_weight = 1.0 + 0.1 * torch.randn(case.dim, generator=gen, device=device)
     norm_bias = 0.1 * torch.randn(case.dim, generator=gen, device=device)
     grad_out = torch.randn(case.tokens, case.dim, generator=gen, device=device).to(dtype)
-    unique_ids = int(torch.unique(ids).numel())
-    return Inputs(ids.to(device), weight, norm_weight, norm_bias, grad_out, unique_ids)
+    unique, segments = id_stats(ids)
+    return Inputs(ids.to(device), weight, norm_weight, norm_bias, grad_out, unique, segments)

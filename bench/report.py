@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import io
 import json
+import os
 import platform
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +18,19 @@ import triton
 import triton_embed
 from triton_embed import tuning
 
-from . import bytes_model
-from .impls import OURS
+from . import bytes_model, summary
+from .impls import OURS, PEERS, speedup_field
 from .runner import Row, column_names
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Top-level keys of results.json.
 JSON_KEYS = (
-    "schema", "created", "command", "environment", "copy_bandwidth_gbps", "copy_bytes", "bytes_models",
-    "tuned_configs", "cache_path", "notes", "rows", "failures", "ok",
+    "schema", "created", "command", "environment", "methodology", "copy_bandwidth_gbps", "copy_bytes",
+    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "targets", "failures", "ok",
 )
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+SHORT = {"reference": "ref", "bitsandbytes": "bnb", "compile": "cmp", "compile-max": "cmp-max", "liger": "liger"}
 
 
 def slug(name: str) -> str:
@@ -36,12 +42,15 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
-def environment(mode: str, device: torch.device, index_check: bool) -> dict[str, Any]:
-    """Versions and the device the figures were measured on."""
+def _version(dist: str) -> str | None:
     try:  # the installed version, without importing it (bitsandbytes' import takes seconds)
-        bnb_version: str | None = importlib.metadata.version("bitsandbytes")
+        return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        bnb_version = None
+        return None
+
+
+def environment(mode: str, device: torch.device, index_check: str) -> dict[str, Any]:
+    """Versions and the device the figures were measured on."""
     return {
         "mode": mode,
         "device": str(device),
@@ -51,7 +60,8 @@ def environment(mode: str, device: torch.device, index_check: bool) -> dict[str,
         "triton": triton.__version__,
         "triton_embed": triton_embed.__version__,
         "cuda": torch.version.cuda,
-        "bitsandbytes": bnb_version,
+        "bitsandbytes": _version("bitsandbytes"),
+        "liger_kernel": _version("liger-kernel"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "index_check": index_check,
@@ -62,29 +72,36 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def _speedups(row: Row) -> str:
+def _speedups(row: Row, by_key: dict[tuple, Row]) -> str:
     parts = []
-    for peer, short in (("reference", "ref"), ("bitsandbytes", "bnb"), ("compile", "cmp")):
-        value = getattr(row, f"speedup_vs_{peer}")
+    for peer in PEERS:
+        value = getattr(row, speedup_field(peer))
+        other = by_key.get((row.op, row.vocab, row.dim, row.tokens, row.dist, row.dtype, row.pass_, peer))
+        model = f" (model {other.model_speedup:.2f}x)" if other is not None and other.model_speedup else ""
         if value is not None:
-            parts.append(f"{value:.2f}x {short}")
-    if row.det_over_atomic is not None:
-        parts.append(f"det/atomic time {row.det_over_atomic:.2f}")
+            parts.append(f"{value:.2f}x {SHORT[peer]}{model}")
+        elif model and row.impl == OURS:
+            parts.append(f"— {SHORT[peer]}{model}")
     return ", ".join(parts) or "—"
 
 
 def table_lines(rows: list[Row]) -> list[tuple[str, ...]]:
     """The condensed table: one tuple of strings per row, header first."""
-    header = ("case", "pass", "impl", "median ms", "p20–p80 ms", "GB/s", "% copy", "speed-up", "peak MiB", "max err")
+    header = ("case", "pass", "impl", "median ms", "rounds min–max ms", "GB/s", "% copy", "speed-up (model)",
+              "MB model", "peak MiB", "max err")
+    by_key = {(r.op, r.vocab, r.dim, r.tokens, r.dist, r.dtype, r.pass_, r.impl): r for r in rows}
     lines = [header]
     for r in rows:
-        case = f"{r.op} {r.vocab}x{r.dim} N={r.tokens} {r.dist} {r.dtype}"
-        spread = "—" if r.p20_ms is None else f"{r.p20_ms:.4g}–{r.p80_ms:.4g}"
-        flag = "" if r.ok is not False else (" FAIL" if r.impl in OURS else " (outside tol)")
-        err = _fmt(r.max_abs_err, ".2g") + flag
+        case = (f"{r.op} {r.vocab}x{r.dim} N={r.tokens} {r.dist} {r.dtype}" if r.vocab
+                else f"{r.op} D={r.dim} N={r.tokens} {r.dtype}")
+        spread = "—" if r.round_min_ms is None else f"{r.round_min_ms:.4g}–{r.round_max_ms:.4g} ({r.rounds})"
+        flag = "" if r.ok is not False else (" FAIL" if r.impl == OURS else " (outside tol)")
         lines.append((
             case, r.pass_, r.impl, _fmt(r.median_ms, ".4g"), spread, _fmt(r.gbps, ".3g"), _fmt(r.pct_copy, ".0f"),
-            _speedups(r), _fmt(None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, ".0f"), err,
+            _speedups(r, by_key) if r.impl == OURS else "—",
+            _fmt(None if r.model_bytes is None else r.model_bytes / 1e6, ".4g"),
+            _fmt(None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, ".0f"),
+            _fmt(r.max_abs_err, ".2g") + flag,
         ))
     return lines
 
@@ -101,29 +118,41 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def config_lines(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per tuning key: the config that ran and where it came from."""
+    if not configs:
+        return ["(no kernel config was chosen)"]
+    return [f"{key}: {entry['config']} [{entry['source']}]" for key, entry in sorted(configs.items())]
+
+
 def payload(
-    command: list[str], env: dict[str, Any], copy: tuple[float, int], tuned: dict[str, tuning.Config],
-    notes: list[str], rows: list[Row], failures: list[str], created: str,
+    command: list[str], env: dict[str, Any], methodology: dict[str, Any], copy: tuple[float, int],
+    configs: dict[str, dict[str, Any]], notes: list[str], skipped: list[str], rows: list[Row],
+    failures: list[str], created: str, host_syncs: int | None = None,
 ) -> dict[str, Any]:
     """Everything results.json holds."""
+    row_dicts = [r.as_dict() for r in rows]
     data = {
         "schema": SCHEMA_VERSION,
         "created": created,
         "command": command,
         "environment": env,
+        "methodology": methodology,
         "copy_bandwidth_gbps": copy[0],
         "copy_bytes": copy[1],
         "bytes_models": {
-            "symbols": "N tokens, D dim, V vocab rows, U distinct ids, e bytes per weight element, i bytes per id (8)",
-            "ops": bytes_model.MODELS,
-            "zero_fill": bytes_model.FILL_MODEL,
+            "symbols": bytes_model.SYMBOLS,
+            "minimum": bytes_model.MINIMUM,
+            "own": bytes_model.OWN,
             "copy": bytes_model.COPY_MODEL,
-            "gbps": "forward: bytes / median; backward and fwd+bwd: bytes / (median − zero-fill median)",
+            "gbps": "min_bytes / median for every implementation; % copy = GB/s / copy bandwidth",
         },
-        "tuned_configs": tuned,
+        "configs": configs,
         "cache_path": str(tuning.cache_path()),
         "notes": notes,
-        "rows": [r.as_dict() for r in rows],
+        "skipped": skipped,
+        "rows": row_dicts,
+        "targets": summary.evaluate(row_dicts, env["mode"] == "gpu", host_syncs),
         "failures": failures,
         "ok": not failures,
     }
@@ -131,37 +160,55 @@ def payload(
     return data
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically (a temporary file in the same folder, then ``os.replace``)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it, not mkstemp's 0600
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """results.json: every figure, the environment, the tuned configs and the bytes models."""
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    """A JSON file, written atomically."""
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:
     """results.csv: one line per (case, pass, implementation), header :func:`runner.column_names`."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=column_names())
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.as_dict().items()})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=column_names())
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.as_dict().items()})
+    write_text(path, buffer.getvalue())
 
 
 def markdown(data: dict[str, Any], rows: list[Row]) -> str:
-    """report.md: environment, copy bandwidth, bytes models, notes, the table, the tuned configs."""
-    env = data["environment"]
+    """report.md: environment, method, §5 targets, notes, the table, bytes models, configs, correctness."""
+    env, method = data["environment"], data["methodology"]
     where = env["gpu"] or "CPU (Triton interpreter)"
     out = [f"# triton_embed benchmark — {where}", ""]
     out.append(
-        f"torch {env['torch']}, triton {env['triton']}, triton_embed {env['triton_embed']}, "
-        f"CUDA {env['cuda']}, bitsandbytes {env['bitsandbytes'] or 'not installed'}; "
-        f"index check {'on' if env['index_check'] else 'off'}; {data['created']}."
+        f"torch {env['torch']}, triton {env['triton']}, triton_embed {env['triton_embed']}, CUDA {env['cuda']}, "
+        f"bitsandbytes {env['bitsandbytes'] or 'not installed'}, liger-kernel {env['liger_kernel'] or 'not installed'}; "
+        f"{data['created']}."
     )
-    out.append("")
+    out += ["", f"**Method.** {method['text']}", ""]
     out.append(
         f"**Copy bandwidth** (`dst.copy_(src)`, {data['copy_bytes'] / 2**30:.3g} GiB moved): "
         f"**{data['copy_bandwidth_gbps']:.0f} GB/s** — the ceiling for the % copy column."
     )
+    out += ["", "## DESIGN.md §5 targets", ""] + summary.markdown(data["targets"])
     if data["notes"]:
         out += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
+    if data["skipped"]:
+        out += ["", "## Skipped", ""] + [f"- {item}" for item in data["skipped"]]
     out += ["", "## Results", ""]
     lines = table_lines(rows)
     out.append("| " + " | ".join(lines[0]) + " |")
@@ -169,35 +216,28 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
     out += ["| " + " | ".join(line) + " |" for line in lines[1:]]
     out += [
         "",
-        "Speed-up = peer median / triton_embed median (same case and pass). `triton_embed[det]` is the "
-        "deterministic weight-gradient path; its forward is the same kernel as `triton_embed`'s. "
-        "Peak MiB: `torch.cuda.max_memory_allocated` delta over one forward+backward. "
-        "Every figure, percentiles, zero-fill times and saved-for-backward bytes are in results.csv / results.json.",
+        "Median ms: median of the rounds' medians; rounds min–max: the lowest and highest round median (number "
+        "of rounds). GB/s and % copy: the op's *minimum* bytes over the median, for every implementation. "
+        "Speed-up: peer median / triton_embed median, same case and pass; (model x): the ratio of the peer's "
+        "own bytes model to ours — a prediction, not a measurement. MB model: the implementation's own bytes "
+        "model. Peak MiB: `torch.cuda.max_memory_allocated` delta over one forward+backward. Percentiles and "
+        "memory kept for backward are in results.csv / results.json.",
         "",
-        "## Bytes models",
+        "## Bytes models (models, not measurements)",
         "",
-        data["bytes_models"]["symbols"] + ".",
+        data["bytes_models"]["symbols"],
         "",
     ]
-    for op, passes in data["bytes_models"]["ops"].items():
+    for op, passes in data["bytes_models"]["minimum"].items():
         for pass_, text in passes.items():
-            out.append(f"- **{op} {pass_}**: {text}")
-    out += [
-        f"- **zero-fill** (timed apart): {data['bytes_models']['zero_fill']}",
-        f"- **copy**: {data['bytes_models']['copy']}",
-        f"- **GB/s**: {data['bytes_models']['gbps']}",
-        "",
-        "## Tuned configs",
-        "",
-        f"The launch configs the measured kernels used (tuned in this run, or read from the cache). "
-        f"Cache: `{data['cache_path']}`, device tag `{env['device_tag']}`.",
-        "",
-    ]
-    if data["tuned_configs"]:
-        out += ["| key (kernel\\|dtype\\|dim\\|token bucket) | config |", "|---|---|"]
-        out += [f"| {key.replace('|', chr(92) + '|')} | {cfg} |" for key, cfg in sorted(data["tuned_configs"].items())]
-    else:
-        out.append("None: under the Triton interpreter every kernel runs one fixed config (no GPU to time them).")
+            out.append(f"- **minimum, {op} {pass_}**: {text}")
+    out += [f"- **{impl}**: {text}" for impl, text in data["bytes_models"]["own"].items()]
+    out += [f"- **copy**: {data['bytes_models']['copy']}", f"- **GB/s**: {data['bytes_models']['gbps']}", ""]
+    out += ["## Kernel configs", "",
+            f"Per tuning key, the config the measured launches used and where it came from (cache: the tuning "
+            f"cache `{data['cache_path']}`, device tag `{env['device_tag']}`; tuned: timed at first use; default: "
+            f"the first config of its list). Under the interpreter every kernel runs one fixed config.", ""]
+    out += [f"- `{line}`" for line in config_lines(data["configs"])]
     out += ["", "## Correctness", ""]
     if data["failures"]:
         out += [f"- FAIL {failure}" for failure in data["failures"]]

@@ -1,4 +1,5 @@
-"""One case measured across implementations: correctness, memory, timings, and the derived figures."""
+"""One case measured across implementations: correctness and memory per implementation, then interleaved
+rounds of timings (``rounds``), then the derived figures (bytes, GB/s, % of copy, speed-ups)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -8,7 +9,8 @@ import torch
 
 from . import bytes_model, check, impls
 from .cases import Case, Inputs, make_inputs
-from .timing import Timer, Timing, free_memory, measure_memory, zero_fill
+from .rounds import Summary, interleave
+from .timing import Timer, Timing, free_memory, measure_memory
 
 #: What ``--pass`` expands to: ``backward`` times the backward alone (graph kept) and forward+backward.
 PASSES = {
@@ -20,7 +22,7 @@ PASSES = {
 
 @dataclass
 class Row:
-    """One (case, pass, implementation) measurement: a line of results.csv."""
+    """One (case, pass, implementation) measurement: a line of results.csv (see the README for each column)."""
 
     op: str
     pass_: str
@@ -32,20 +34,26 @@ class Row:
     unique_ids: int
     impl: str
     median_ms: float | None = None
+    round_min_ms: float | None = None
+    round_max_ms: float | None = None
     p20_ms: float | None = None
     p80_ms: float | None = None
-    bytes: int | None = None
+    rounds: int | None = None
+    min_bytes: int | None = None
+    model_bytes: int | None = None
+    model_speedup: float | None = None
     gbps: float | None = None
     pct_copy: float | None = None
-    fill_ms: float | None = None
     speedup_vs_reference: float | None = None
     speedup_vs_bitsandbytes: float | None = None
     speedup_vs_compile: float | None = None
-    det_over_atomic: float | None = None
+    speedup_vs_compile_max: float | None = None
+    speedup_vs_liger: float | None = None
     peak_mem_bytes: int | None = None
     saved_bytes: int | None = None
     max_abs_err: float | None = None
     reference_err: float | None = None
+    tolerance: float | None = None
     ok: bool | None = None
     note: str = ""
 
@@ -54,6 +62,10 @@ class Row:
         data = asdict(self)
         data["pass"] = data.pop("pass_")
         return {name: data[name] for name in column_names()}
+
+    def add_note(self, text: str) -> None:
+        """Append to the note column."""
+        self.note = f"{self.note}; {text}" if self.note else text
 
 
 def column_names() -> list[str]:
@@ -68,39 +80,49 @@ class CaseResult:
     case: Case
     rows: list[Row] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    fill: Timing | None = None
 
 
-def _run_once(module: torch.nn.Module, inputs: Inputs) -> check.Result:
-    out = module(inputs.ids)
+def _resets(module: torch.nn.Module, inputs: Inputs) -> list[torch.Tensor]:
+    """Tensors whose ``.grad`` is reset before each repetition: the parameters, and a layer_norm input."""
+    return impls.trainable(module) + ([inputs.x] if inputs.x is not None else [])
+
+
+def _run_once(case: Case, module: torch.nn.Module, inputs: Inputs) -> check.Result:
+    resets = _resets(module, inputs)
+    for t in resets:
+        t.grad = None
+    out = module(inputs.arg)
+    if case.op == "renorm":  # forward only: what it computed is the output and the renormed table
+        return check.Result(out.detach(), {"table": module.weight.detach().clone()})
     out.backward(inputs.grad_out)
     grads = {name: g.detach().clone() for name, g in impls.gradients(module).items()}
-    for p in impls.trainable(module):
-        p.grad = None
+    if inputs.x is not None:
+        grads["input"] = inputs.x.grad.detach().clone()
+    for t in resets:
+        t.grad = None
     return check.Result(out.detach(), grads)
 
 
-def _timings(
-    module: torch.nn.Module, inputs: Inputs, passes: tuple[str, ...], timer: Timer
-) -> dict[str, Timing]:
-    params = impls.trainable(module)
-    ids, grad = inputs.ids, inputs.grad_out
-    fns: dict[str, Callable[[], object]] = {}
-    results: dict[str, Timing] = {}
-    for pass_ in passes:
+def time_pass(module: torch.nn.Module, inputs: Inputs, pass_: str, timer: Timer) -> Timing:
+    """One timing of one pass: the forward (autograd recording, as in training), the backward alone (the
+    graph kept and replayed) or forward+backward."""
+    resets = _resets(module, inputs)
+    arg, grad = inputs.arg, inputs.grad_out
+    try:
         if pass_ == "forward":
-            fns[pass_] = lambda: module(ids)
-        elif pass_ == "fwd+bwd":
-            fns[pass_] = lambda: module(ids).backward(grad)
-        elif pass_ == "backward":
-            out = module(ids)
-            results[pass_] = timer(lambda: out.backward(grad, retain_graph=True), reset=params)
-            del out
-    for pass_, fn in fns.items():
-        results[pass_] = timer(fn, reset=params)
-    for p in params:
-        p.grad = None
-    return results
+            return timer(lambda: module(arg), reset=resets)
+        if pass_ == "fwd+bwd":
+            return timer(lambda: module(arg).backward(grad), reset=resets)
+        if pass_ == "backward":
+            out = module(arg)
+            try:
+                return timer(lambda: out.backward(grad, retain_graph=True), reset=resets)
+            finally:
+                del out
+        raise ValueError(f"unknown pass {pass_!r}")
+    finally:
+        for t in resets:
+            t.grad = None
 
 
 def run_case(
@@ -109,103 +131,121 @@ def run_case(
     passes: tuple[str, ...],
     timer: Timer,
     copy_gbps: float,
-    time_ours: bool,
+    time_triton: bool,
     verify: bool,
+    rounds: int = 1,
+    stop: Callable[[], bool] = lambda: False,
 ) -> CaseResult:
-    """Measure ``case`` on every implementation; ``time_ours=False`` checks our kernels without timing them."""
+    """Measure ``case`` on every implementation. ``time_triton=False`` (no GPU) checks Triton-kernel
+    implementations without timing them. ``stop()`` (a deadline) may end the rounds early."""
     device = timer.device
+    passes = case.passes(passes)
     inputs = make_inputs(case, device)
     result = CaseResult(case)
     exact = reference = None
     if verify:
         exact = check.oracle(case, inputs)
-        reference = _run_once(impls.build_reference(case, inputs), inputs)
-    if any(p != "forward" for p in passes):
-        result.fill = zero_fill(timer, case.vocab, case.dim, case.torch_dtype)
-    base = dict(
-        op=case.op, vocab=case.vocab, dim=case.dim, tokens=case.tokens, dist=case.dist, dtype=case.dtype,
-        unique_ids=inputs.unique_ids,
-    )
+        reference = _run_once(case, impls.build_reference(case, inputs), inputs)
+    base = dict(op=case.op, vocab=case.vocab, dim=case.dim, tokens=case.tokens, dist=case.dist, dtype=case.dtype,
+                unique_ids=inputs.unique_ids)
+    rows: dict[tuple[str, str], Row] = {}
+    modules: dict[str, torch.nn.Module] = {}
     for impl in impl_list:
-        impl_passes = tuple(p for p in passes if not (impl.deterministic and p == "forward"))
-        if not impl_passes:
-            continue
-        rows = [Row(pass_=p, impl=impl.name, **base) for p in impl_passes]
-        result.rows.extend(rows)
+        impl_rows = [Row(pass_=p, impl=impl.name, **base) for p in passes]
+        result.rows.extend(impl_rows)
+        rows.update({(impl.name, r.pass_): r for r in impl_rows})
         try:
-            _measure(impl, case, inputs, rows, result, timer, time_ours, reference, exact)
-        except Exception as exc:  # one implementation failing must not hide the others' figures
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            for row in rows:
-                row.note = f"error: {message}"
-                if impl.ours:
-                    row.ok = False
-            if impl.ours:
-                result.failures.append(f"{case.label()} {impl.name}: {message}")
-        free_memory(device)
-    _derive(result, copy_gbps if timer.gpu else 0.0)  # small CPU shapes sit in cache: no % of copy
-    del inputs, exact, reference
+            module = _prepare(impl, case, inputs, impl_rows, result, reference, exact)
+        except Exception as exc:  # noqa: BLE001 - one implementation failing must not hide the others' figures
+            _fail(impl, case, impl_rows, result, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            free_memory(device)
+            continue
+        if time_triton or not impl.triton:
+            modules[impl.name] = module
+        else:
+            for row in impl_rows:
+                row.add_note("interpreter: checked, not timed")
+            del module
+    del exact, reference
+    free_memory(device)
+
+    summaries, failed = interleave(
+        list(modules), passes, rounds, lambda name, pass_: time_pass(modules[name], inputs, pass_, timer), stop
+    )
+    for (name, pass_), summary in summaries.items():
+        _fill(rows[name, pass_], summary)
+    for (name, pass_), message in failed.items():
+        impl = next(i for i in impl_list if i.name == name)
+        _fail(impl, case, [rows[name, pass_]], result, f"timing {pass_}: {message}")
+    modules.clear()
+    _derive(result, inputs, copy_gbps if timer.gpu else 0.0)  # small CPU shapes sit in cache: no % of copy
+    del inputs
     free_memory(device)
     return result
 
 
-def _measure(
-    impl: impls.Impl,
-    case: Case,
-    inputs: Inputs,
-    rows: list[Row],
-    result: CaseResult,
-    timer: Timer,
-    time_ours: bool,
-    reference: check.Result | None,
-    exact: check.Result | None,
-) -> None:
-    """Fill ``rows`` (one per pass) for one implementation: check, memory, timings."""
+def _prepare(impl: impls.Impl, case: Case, inputs: Inputs, rows: list[Row], result: CaseResult,
+             reference: check.Result | None, exact: check.Result | None) -> torch.nn.Module:
+    """Build one implementation, check it, measure its memory; the module (warmed up) for the timings."""
     module = impl.build(case, inputs)
-    got = _run_once(module, inputs)  # also the warm-up: JIT compiles, torch.compile graphs
+    got = _run_once(case, module, inputs)  # also the warm-up: JIT compiles, torch.compile graphs
     if reference is not None and exact is not None:
         verdict = check.compare(case, got, reference, exact)
         for row in rows:
-            row.max_abs_err, row.reference_err, row.ok = verdict.max_abs_err, verdict.reference_err, verdict.ok
-            row.note = verdict.detail
+            row.max_abs_err, row.reference_err, row.tolerance = verdict.max_abs_err, verdict.reference_err, verdict.tolerance
+            row.ok = verdict.ok
+            if verdict.detail:
+                row.add_note(verdict.detail)
         if impl.ours and not verdict.ok:
             result.failures.append(f"{case.label()} {impl.name}: {verdict.detail}")
     del got
-    memory = measure_memory(timer.device, lambda: module(inputs.ids), inputs.grad_out, impls.trainable(module))
-    if memory is not None:
-        for row in rows:
-            row.peak_mem_bytes, row.saved_bytes = memory.peak, memory.saved
-    if time_ours or not impl.ours:
-        for pass_, timing in _timings(module, inputs, tuple(r.pass_ for r in rows), timer).items():
-            row = next(r for r in rows if r.pass_ == pass_)
-            row.median_ms, row.p20_ms, row.p80_ms = timing.median, timing.p20, timing.p80
-    else:
-        for row in rows:
-            row.note = (row.note + "; " if row.note else "") + "interpreter: checked, not timed"
+    if case.op != "renorm":
+        memory = measure_memory(inputs.grad_out.device, lambda: module(inputs.arg), inputs.grad_out,
+                                _resets(module, inputs))
+        if memory is not None:
+            for row in rows:
+                row.peak_mem_bytes, row.saved_bytes = memory.peak, memory.saved
+    return module
 
 
-def _derive(result: CaseResult, copy_gbps: float) -> None:
-    """Bytes, GB/s, % of copy bandwidth, speed-ups over each peer, deterministic / atomic ratio."""
-    case = result.case
+def _fail(impl: impls.Impl, case: Case, rows: list[Row], result: CaseResult, message: str) -> None:
+    for row in rows:
+        row.median_ms = row.round_min_ms = row.round_max_ms = row.p20_ms = row.p80_ms = row.rounds = None
+        row.add_note(f"error: {message}")
+        if impl.ours:
+            row.ok = False
+    if impl.ours:
+        result.failures.append(f"{case.label()} {impl.name}: {message}")
+
+
+def _fill(row: Row, s: Summary) -> None:
+    row.median_ms, row.round_min_ms, row.round_max_ms = s.median, s.low, s.high
+    row.p20_ms, row.p80_ms, row.rounds = s.p20, s.p80, s.rounds
+
+
+def sizes(case: Case, inputs: Inputs) -> bytes_model.Sizes:
+    """The bytes models' sizes of a case."""
     elt = torch.empty((), dtype=case.torch_dtype).element_size()
-    fill_ms = result.fill.median if result.fill else None
+    return bytes_model.Sizes(case.tokens, case.dim, case.vocab, inputs.unique_ids, inputs.partial_segments, elt)
+
+
+def _derive(result: CaseResult, inputs: Inputs, copy_gbps: float) -> None:
+    """Bytes (minimum and own models), GB/s and % of copy on the minimum, measured and modelled speed-ups."""
+    case = result.case
+    s = sizes(case, inputs)
     by_key = {(r.pass_, r.impl): r for r in result.rows}
     for row in result.rows:
-        row.bytes = bytes_model.op_bytes(case.op, row.pass_, case.tokens, case.dim, row.unique_ids, elt)
-        if row.pass_ != "forward":
-            row.fill_ms = fill_ms
-        if row.median_ms is None:
+        row.min_bytes = bytes_model.minimum(case.op, row.pass_, s)
+        row.model_bytes = bytes_model.implementation(row.impl, case.op, row.pass_, s)
+        ours = by_key.get((row.pass_, impls.OURS))
+        if row.impl != impls.OURS and ours is not None and ours.model_bytes and row.model_bytes:
+            row.model_speedup = row.model_bytes / ours.model_bytes
+        if row.median_ms is None or row.median_ms <= 0:
             continue
-        busy_ms = row.median_ms - (fill_ms or 0.0) if row.pass_ != "forward" else row.median_ms
-        if busy_ms > 0:
-            row.gbps = row.bytes / (busy_ms * 1e-3) / 1e9
-            row.pct_copy = 100.0 * row.gbps / copy_gbps if copy_gbps else None
-        if row.impl in impls.OURS:
+        row.gbps = row.min_bytes / (row.median_ms * 1e-3) / 1e9
+        row.pct_copy = 100.0 * row.gbps / copy_gbps if copy_gbps else None
+        if row.impl == impls.OURS:
             for peer in impls.PEERS:
                 other = by_key.get((row.pass_, peer))
                 if other is not None and other.median_ms:
-                    setattr(row, f"speedup_vs_{peer}", other.median_ms / row.median_ms)
-        if row.impl == "triton_embed[det]":
-            atomic = by_key.get((row.pass_, "triton_embed"))
-            if atomic is not None and atomic.median_ms:
-                row.det_over_atomic = row.median_ms / atomic.median_ms
+                    setattr(row, impls.speedup_field(peer), other.median_ms / row.median_ms)

@@ -1,61 +1,75 @@
-"""Timers (median with 20th/80th percentiles), the copy-bandwidth ceiling, the zero-fill and peak memory.
+"""Timers (median, 20th/80th percentiles and the samples), the copy-bandwidth ceiling, peak memory, deadlines.
 
-On a GPU: ``triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])``, which clears the L2 cache before every
+On a GPU: ``triton.testing.do_bench(fn, return_mode="all")``, which clears the L2 cache before every
 repetition and resets the listed gradients outside the timed region. On the CPU: a wall-clock loop with the
-same statistics (only the reference path and its peers are timed there: interpreted kernels say nothing
-about GPU speed).
+same statistics (only the reference path and its PyTorch peers are timed there: interpreted kernels say
+nothing about GPU speed).
 """
 from __future__ import annotations
 
 import gc
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from .rounds import Timing, quantile
+
 QUANTILES = (0.5, 0.2, 0.8)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Milliseconds: median, 20th and 80th percentile."""
-
-    median: float
-    p20: float
-    p80: float
+#: (warm-up ms, repetition ms) of ``do_bench`` per timer profile.
+PROFILES = {"full": (25, 100), "quick": (10, 30), "validate": (10, 40)}
 
 
 def _quantile(sorted_samples: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile of already sorted samples.
+    """Linear-interpolated quantile of already sorted samples (see :func:`rounds.quantile`).
 
     >>> _quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5)
     3.0
     """
-    pos = q * (len(sorted_samples) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_samples) - 1)
-    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+    return quantile(sorted_samples, q)
+
+
+def from_samples(samples: Sequence[float]) -> Timing:
+    """A :class:`Timing` from raw samples (ms).
+
+    >>> from_samples([3.0, 1.0, 2.0])
+    Timing(median=2.0, p20=1.4, p80=2.6, samples=(1.0, 2.0, 3.0))
+    """
+    ordered = sorted(float(s) for s in samples)
+    return Timing(*(quantile(ordered, q) for q in QUANTILES), samples=tuple(ordered))
 
 
 class Timer:
-    """Times a callable on one device; ``reset`` tensors get ``.grad = None`` before every repetition."""
+    """Times a callable on one device; ``reset`` tensors get ``.grad = None`` before every repetition.
 
-    def __init__(self, device: torch.device, quick: bool = False) -> None:
+    ``profile``: ``"full"`` (do_bench's 25 ms warm-up, 100 ms of repetitions), ``"quick"`` or ``"validate"``.
+    """
+
+    def __init__(self, device: torch.device, quick: bool = False, profile: str | None = None) -> None:
         self.device = device
         self.gpu = device.type == "cuda"
-        self.warmup_ms, self.rep_ms = (10, 30) if quick else (25, 100)
-        self.cpu_budget_s = 0.02 if quick else 0.05
+        self.profile = profile or ("quick" if quick else "full")
+        self.warmup_ms, self.rep_ms = PROFILES[self.profile]
+        self.cpu_budget_s = 0.05 if self.profile == "full" else 0.02
 
     def __call__(self, fn: Callable[[], object], reset: Sequence[torch.Tensor] = ()) -> Timing:
         if self.gpu:
-            from triton.testing import do_bench
-
-            med, p20, p80 = do_bench(
-                fn, warmup=self.warmup_ms, rep=self.rep_ms, grad_to_none=list(reset) or None, quantiles=list(QUANTILES)
-            )
-            return Timing(float(med), float(p20), float(p80))
+            return self._gpu(fn, reset)
         return self._cpu(fn, reset)
+
+    def _gpu(self, fn: Callable[[], object], reset: Sequence[torch.Tensor]) -> Timing:
+        from triton.testing import do_bench
+
+        grads = list(reset) or None
+        try:
+            samples = do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms, grad_to_none=grads, return_mode="all")
+        except (AssertionError, TypeError):  # an older Triton without return_mode="all": quantiles only
+            med, p20, p80 = do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms, grad_to_none=grads,
+                                     quantiles=list(QUANTILES))
+            return Timing(float(med), float(p20), float(p80))
+        return from_samples([float(s) for s in samples])
 
     def _cpu(self, fn: Callable[[], object], reset: Sequence[torch.Tensor]) -> Timing:
         def once() -> float:
@@ -70,8 +84,7 @@ class Timer:
         deadline = time.perf_counter() + self.cpu_budget_s
         while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < 100):
             samples.append(once())
-        samples.sort()
-        return Timing(*(_quantile(samples, q) for q in QUANTILES))
+        return from_samples(samples)
 
 
 def copy_bandwidth(timer: Timer) -> tuple[float, int]:
@@ -80,20 +93,12 @@ def copy_bandwidth(timer: Timer) -> tuple[float, int]:
     1 GiB on a GPU (far beyond L2), 64 MiB on the CPU. Bytes moved = 2 × size (read + write).
     """
     size = (1 << 30) if timer.gpu else (64 << 20)
-    ms = _time_copy(timer, size)
-    free_memory(timer.device)
-    return 2 * size / (ms * 1e-3) / 1e9, 2 * size
-
-
-def _time_copy(timer: Timer, size: int) -> float:
     src = torch.empty(size // 4, dtype=torch.float32, device=timer.device).uniform_()
     dst = torch.empty_like(src)
-    return timer(lambda: dst.copy_(src)).median
-
-
-def zero_fill(timer: Timer, rows: int, dim: int, dtype: torch.dtype) -> Timing:
-    """Time of ``torch.zeros(rows, dim)`` in ``dtype``: the dense weight gradient's fill, timed apart."""
-    return timer(lambda: torch.zeros(rows, dim, dtype=dtype, device=timer.device))
+    ms = timer(lambda: dst.copy_(src)).median
+    del src, dst
+    free_memory(timer.device)
+    return 2 * size / (ms * 1e-3) / 1e9, 2 * size
 
 
 def free_memory(device: torch.device) -> None:
@@ -138,3 +143,49 @@ def measure_memory(
     for p in params:
         p.grad = None
     return Memory(saved=max(saved, 0), peak=peak)
+
+
+class Deadline:
+    """A wall-clock limit (``seconds=None``: none), read with :meth:`left`.
+
+    >>> Deadline(None).left() == float("inf"), Deadline(60).left() > 59, Deadline(0).expired()
+    (True, True, True)
+    """
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.end = math.inf if seconds is None else clock() + seconds
+
+    def left(self) -> float:
+        """Seconds left (``inf`` without a limit)."""
+        return self.end - self.clock()
+
+    def expired(self) -> bool:
+        """Whether the limit has passed."""
+        return self.left() <= 0
+
+    def limited(self) -> bool:
+        """Whether there is a limit at all."""
+        return self.seconds is not None
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread when the process gets SIGTERM (as ``timeout`` sends): a BaseException, so
+    no ``except Exception`` on the way swallows it, and the run can write what it has before exiting."""
+
+
+def raise_on_term() -> Callable[[], None]:
+    """Make SIGTERM raise :class:`Interrupted`; returns a function that restores the previous handler.
+    Outside the main thread (where handlers cannot be set) it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)

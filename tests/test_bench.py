@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import triton_embed
 from triton_embed import tuning
-from triton_embed.bench import bytes_model, cases, check, cli, report, runner, tune
+from triton_embed.bench import cases, check, cli, report, runner, summary, tune
 from triton_embed.bench.timing import _quantile
 
 HAS_CUDA = torch.cuda.is_available()
@@ -45,8 +44,11 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[1/" in proc.stdout  # a progress line per case, with a counter
+    assert "kernel configs (source):" in proc.stdout and "DESIGN.md §5 targets" in proc.stdout
     if not HAS_CUDA:
         assert "GPU figures" in proc.stdout and "need a GPU" in proc.stdout
+        assert "[interpreter]" in proc.stdout  # which config ran, and where it came from
+        assert "not measured" in proc.stdout and "no GPU: triton_embed is not timed" in proc.stdout
 
     data = json.loads((out / "results.json").read_text())
     assert tuple(data) == report.JSON_KEYS
@@ -57,23 +59,31 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     assert env["torch"] == torch.__version__
     assert env["mode"] == ("gpu" if HAS_CUDA else "cpu-interpreter")
     assert data["copy_bandwidth_gbps"] > 0
-    assert set(data["bytes_models"]["ops"]) == {"embedding", "stable"}
-    assert isinstance(data["tuned_configs"], dict)
+    assert set(data["bytes_models"]["minimum"]) == set(cases.OPS)
+    assert set(data["bytes_models"]["own"]) == {"triton_embed", "reference", "compile", "liger"}
+    assert env["index_check"] == "deferred" and data["methodology"]["index_check"] == "deferred"
+    assert data["methodology"]["rounds"] == 1 and "round" in data["methodology"]["text"]
+    assert isinstance(data["configs"], dict) and data["configs"]
+    assert all(set(entry) == {"config", "source"} for entry in data["configs"].values())
+    assert [t["key"] for t in data["targets"]] == [t.key for t in summary.TARGETS]
     rows = data["rows"]
     assert rows and all(list(r) == runner.column_names() for r in rows)
-    impls_seen = {r["impl"] for r in rows}
-    assert {"triton_embed", "triton_embed[det]", "reference"} <= impls_seen
+    assert {r["impl"] for r in rows} == {"triton_embed", "reference"}
+    assert {r["op"] for r in rows} == set(cases.OPS)  # layer_norm and the max_norm renorm too
     assert {r["pass"] for r in rows} == {"forward", "backward", "fwd+bwd"}
-    ours = [r for r in rows if r["impl"].startswith("triton_embed")]
+    assert {r["pass"] for r in rows if r["op"] == "renorm"} == {"forward"}
+    ours = [r for r in rows if r["impl"] == "triton_embed"]
     assert all(r["ok"] is True and r["max_abs_err"] is not None for r in ours)
     refs = [r for r in rows if r["impl"] == "reference"]
-    assert all(r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"] for r in refs)
-    assert all(r["bytes"] > 0 for r in rows)
+    assert all(r["median_ms"] > 0 and r["p20_ms"] <= r["p80_ms"] and r["rounds"] == 1 for r in refs)
+    assert all(r["round_min_ms"] <= r["median_ms"] <= r["round_max_ms"] for r in refs)
+    assert all(r["min_bytes"] > 0 and r["model_bytes"] > 0 for r in rows)
+    assert all(r["model_speedup"] > 0 for r in refs)
     if HAS_CUDA:
         assert all(r["median_ms"] and r["gbps"] for r in ours if r["pass"] == "forward")
-        assert data["tuned_configs"]
     else:
         assert all(r["median_ms"] is None for r in ours)  # interpreted kernels are checked, not timed
+        assert {entry["source"] for entry in data["configs"].values()} == {"interpreter"}
 
     with open(out / "results.csv", newline="") as f:
         reader = csv.reader(f)
@@ -83,7 +93,7 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "| case | pass | impl | median ms |" in md
     assert md.count("\n| ") >= len(rows) + 1
-    for heading in ("## Results", "## Bytes models", "## Tuned configs", "Copy bandwidth"):
+    for heading in ("## Results", "## Bytes models", "## Kernel configs", "Copy bandwidth", "## DESIGN.md §5 targets"):
         assert heading in md
     from triton_embed.bench.plot import matplotlib_available
 
@@ -101,7 +111,7 @@ def test_cli_exits_1_when_a_kernel_disagrees(monkeypatch, tmp_path: Path, capsys
     threads = torch.get_num_threads()
     try:
         code = cli.main(["--quick", "--ops", "embedding", "--dtype", "float32", "--peers", "reference",
-                         "--no-deterministic", "--out", str(tmp_path)], mode="interpreter")
+                         "--out", str(tmp_path)], mode="interpreter")
     finally:
         torch.set_num_threads(threads)
     assert code == 1
@@ -116,7 +126,10 @@ def test_default_cases() -> None:
     triples = cases.shapes(None, None, None, gpu=True, quick=False)
     assert {(v, d) for v, d, _ in triples} == set(cases.LM_PAIRS)
     assert {v for v, _, _ in triples} == set(cases.LM_VOCABS) and {d for _, d, _ in triples} == set(cases.LM_DIMS)
-    assert len(cases.build_cases(list(cases.OPS), triples, list(cases.DISTS), ["float32", "bfloat16"])) == 48
+    built = cases.build_cases(list(cases.OPS), triples, list(cases.DISTS), ["float32", "bfloat16"])
+    # 24 cases per table op (3 pairs x 2 token counts x 2 dists x 2 dtypes); layer_norm has no ids: 12
+    assert len(built) == 3 * 24 + 12
+    assert all(c.vocab == 0 and c.dist == cases.NO_DIST for c in built if c.op == "layer_norm")
     crossed = cases.shapes([1000, 2000], [64], [128], gpu=True, quick=False)
     assert crossed == [(1000, 64, 128), (2000, 64, 128)]
     assert cases.shapes(None, None, None, gpu=False, quick=True) == list(cases.QUICK_CPU_SHAPES)
@@ -129,17 +142,6 @@ def test_zipf_ids_are_skewed_and_in_range() -> None:
     top = torch.bincount(ids).max().item()
     uniform = cases.make_ids(cases.Case("embedding", 5000, 8, 20000, "uniform", "float32"), torch.Generator())
     assert top > 10 * torch.bincount(uniform).max().item()
-
-
-def test_bytes_models() -> None:
-    n, d, u, e = 1000, 64, 300, 2
-    assert bytes_model.op_bytes("embedding", "forward", n, d, u, e) == n * 8 + 2 * n * d * e
-    assert bytes_model.op_bytes("embedding", "backward", n, d, u, e) == n * d * e + n * 8 + u * d * e
-    assert bytes_model.op_bytes("stable", "forward", n, d, u, e) == n * 8 + 2 * n * d * e + 2 * d * 4
-    both = bytes_model.op_bytes("stable", "fwd+bwd", n, d, u, e)
-    parts = [bytes_model.op_bytes("stable", p, n, d, u, e) for p in ("forward", "backward")]
-    assert both == sum(parts)
-    assert bytes_model.fill_bytes(10, 4, 4) == 160
 
 
 def test_quantiles_and_slug() -> None:
@@ -241,20 +243,24 @@ def test_tuner_reaches_every_launcher(tmp_path: Path, monkeypatch) -> None:
         return candidates[-1]
 
     monkeypatch.setattr(tuning, "_fastest", every_config)
-    ops = ["embedding"] + (["stable"] if hasattr(triton_embed, "StableEmbedding") else [])
+    ops = ["embedding", "stable", "layer_norm"]
     tuner = tune.Tuner()
     try:
         for op in ops:
-            case = cases.Case(op, 300, 32, 40, "zipf", "float32")
+            vocab, dist = (0, cases.NO_DIST) if op == "layer_norm" else (300, "zipf")
+            case = cases.Case(op, vocab, 32, 40, dist, "float32")
             assert tuner.needed(case)
             tuner.tune(case, cases.make_inputs(case, torch.device("cuda" if HAS_CUDA else "cpu")))
-            assert not tuner.needed(case) and not tuner.needed(cases.Case(op, 300, 32, 33, "uniform", "float32"))
+            other = cases.Case(op, vocab, 32, 33, "uniform" if vocab else dist, "float32")
+            assert not tuner.needed(case) and not tuner.needed(other)
+        # the renorm op's kernels are the embedding's: tuned with it; another table size is another key
+        assert not tuner.needed(cases.Case("renorm", 300, 32, 40, "zipf", "float32"))
+        assert tuner.needed(cases.Case("embedding", 5000, 32, 40, "zipf", "float32"))
     finally:
         tuning.forget_choices()
     written = tuning.read_cache()["devices"][tuning.device_tag()]
-    families = {"gather", "embedding_pieces", "embedding_rows", "renorm"} | (
-        {"stable_forward", "stable_backward", "stable_rows"} if "stable" in ops else set()
-    )
+    families = {"gather", "embedding_pieces", "embedding_rows", "renorm", "stable_forward", "stable_backward",
+                "stable_rows", "layer_norm", "layer_norm_backward", "layer_norm_param_grad"}
     assert {key.split("|")[0].split("[")[0] for key in written} == families
     for key, config in written.items():
         assert config == tuning.CONFIGS[key.split("|")[0].split("[")[0]][-1], key

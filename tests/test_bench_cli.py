@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from triton_embed.bench import cli
+from triton_embed.bench import benchmark, cli
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -16,9 +16,13 @@ from triton_embed.bench import cli
     (["--dim", "4.5"], "--dim: '4.5' is not a whole number"),
     (["--tune-only", "--no-tune"], "contradict"),
     (["--name", "../elsewhere"], "--name must be a plain file name"),
+    (["--time-budget", "0"], "--time-budget: must be above 0"),
+    (["--index-check", "never"], "invalid choice: 'never'"),
+    (["--validate", "--vocab", "100", "--ops", "stable"], "--validate runs its own shapes and checks: --vocab --ops"),
+    (["--validate", "--no-check"], "cannot go with it"),
 ])
 def test_bad_arguments_exit_2_before_any_work(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "run_case", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(benchmark, "run_case", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv, mode="interpreter")
     assert exit_info.value.code == 2
@@ -28,7 +32,7 @@ def test_bad_arguments_exit_2_before_any_work(argv, message, capsys, monkeypatch
 def test_an_unwritable_out_folder_fails_up_front(tmp_path: Path, capsys, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr(cli, "run_case", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(benchmark, "run_case", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--out", str(blocker / "results")], mode="interpreter")
     assert exit_info.value.code == 2

@@ -1,0 +1,282 @@
+"""The correctness sweep of ``--validate``: every op, option and dtype of triton_embed against the reference
+path, on the device the command runs on (natively on a GPU; under the Triton interpreter on the CPU).
+
+Each check compares our output and gradients with the same-dtype reference path (PyTorch's ops, as
+bitsandbytes runs them) and a float64 oracle, with DESIGN.md §4's rule (``check.judge``: a gather is exact;
+the rest within 4× the reference's own error plus a small dtype term), and records name, ok, max error,
+tolerance and seconds. Kernel outputs are poisoned (NaN) before they are written, and runtime tuning is
+off (every kernel runs its default config), as in the test suite. The special checks (a table of more than
+2³¹ elements, out-of-range ids, determinism, a CUDA-graph replay) are in ``sweep_special``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+import triton_embed
+from triton_embed import _dispatch, functional, reference
+
+from . import check
+from .cases import LAYER_NORM_EPS, Case, make_ids
+from .timing import Deadline
+
+#: Table dtypes of the sweep (float64 too: the kernels accumulate it in float64).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+QUICK_DTYPES = ("float32", "bfloat16")
+#: (V, D, N) on a GPU and under the interpreter: D not a power of two (partial column tiles), Zipf ids (a
+#: hot token whose run crosses the backward's 32-position chunks).
+GPU_SHAPE = (3000, 200, 4096)
+CPU_SHAPE = (200, 40, 72)
+
+
+@dataclass
+class Check:
+    """One check: ``ok`` None when it was skipped (the note says why)."""
+
+    name: str
+    ok: bool | None
+    max_err: float | None = None
+    tolerance: float | None = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+class Failed(Exception):
+    """A check's property did not hold (the message says which)."""
+
+
+@dataclass(frozen=True)
+class Data:
+    """One sweep shape's inputs on the device (CPU-drawn ids, device tensors)."""
+
+    weight: torch.Tensor
+    ids: torch.Tensor
+    grad: torch.Tensor
+
+    @property
+    def dim(self) -> int:
+        """D."""
+        return self.weight.shape[1]
+
+
+def make_data(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, seed: int = 0) -> Data:
+    """A random table, Zipf ids and an output gradient."""
+    vocab, dim, tokens = shape
+    gen = torch.Generator(device).manual_seed(seed)
+    weight = torch.randn(vocab, dim, generator=gen, device=device).to(dtype)
+    ids = make_ids(Case("embedding", vocab, dim, tokens, "zipf", "float32"), torch.Generator().manual_seed(seed))
+    grad = torch.randn(tokens, dim, generator=gen, device=device).to(dtype)
+    return Data(weight, ids.to(device), grad)
+
+
+def leaf(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A fresh copy of ``t`` (in ``dtype``) that requires grad: never ``t`` itself, whatever the dtypes."""
+    return t.detach().to(dtype or t.dtype, copy=True).requires_grad_(True)
+
+
+def compare(pairs: list[tuple[str, torch.Tensor | None, torch.Tensor | None, torch.Tensor, bool]]
+            ) -> tuple[float, float, str]:
+    """Judge (name, ours, same-dtype reference, float64 oracle, exact) tuples: (worst error, its tolerance,
+    ""); raises :class:`Failed` naming every tensor outside its tolerance."""
+    worst, worst_tol, bad = 0.0, 0.0, []
+    for name, mine, ref, truth, exact in pairs:
+        if mine is None:
+            bad.append(f"{name}: missing")
+            continue
+        if tuple(mine.shape) != tuple(truth.shape):
+            bad.append(f"{name}: shape {tuple(mine.shape)} != {tuple(truth.shape)}")
+            continue
+        err, _, tol, ok = check.judge(mine, ref, truth, exact=exact)
+        if not ok:
+            bad.append(f"{name}: " + ("differs from the reference" if exact else f"err {err:.3g} > tol {tol:.3g}"))
+        if err >= worst:
+            worst, worst_tol = err, tol
+    if bad:
+        raise Failed("; ".join(bad))
+    return worst, worst_tol, ""
+
+
+class Sweep:
+    """Runs checks in turn and keeps their records; a check that raises is a failure, never the end."""
+
+    def __init__(self, deadline: Deadline, say: Callable[[str], None]) -> None:
+        self.deadline = deadline
+        self.say = say
+        self.checks: list[Check] = []
+
+    def run(self, name: str, fn: Callable[[], tuple[float | None, float | None, str]]) -> Check:
+        """Run one check (skipped once the deadline has passed)."""
+        if self.deadline.expired():
+            record = Check(name, None, note="skipped: the sweep's time budget ran out")
+        else:
+            start = time.perf_counter()
+            try:
+                err, tol, note = fn()
+                record = Check(name, True, err, tol, note=note)
+            except Failed as exc:
+                record = Check(name, False, note=str(exc)[:500])
+            except Exception as exc:  # noqa: BLE001 - an error is a failed check; the sweep goes on
+                record = Check(name, False, note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                               if str(exc) else type(exc).__name__)
+            record.seconds = time.perf_counter() - start
+        self.checks.append(record)
+        if record.ok is False:
+            self.say(f"  FAIL {name}: {record.note}")
+        return record
+
+    def result(self) -> dict[str, Any]:
+        """The stage's record: ok, counts, and every check."""
+        failed = [c.name for c in self.checks if c.ok is False]
+        return {"ok": not failed, "checks": [asdict(c) for c in self.checks], "failed": failed,
+                "passed": sum(c.ok is True for c in self.checks), "skipped": sum(c.ok is None for c in self.checks)}
+
+
+@contextlib.contextmanager
+def sweep_settings() -> Iterator[None]:
+    """Poisoned outputs, no runtime tuning, the default (deferred) index check; restored afterwards."""
+    autotune = os.environ.get("TRITON_EMBED_AUTOTUNE")
+    mode = triton_embed.index_check_mode()
+    os.environ["TRITON_EMBED_AUTOTUNE"] = "0"
+    _dispatch.set_poison(True)
+    triton_embed.set_index_check("deferred")
+    try:
+        with warnings.catch_warnings():
+            # The interpreter evaluates masked-out lanes too (a log of 0 in the general-p norm): numpy noise.
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="triton.*")
+            yield
+    finally:
+        _dispatch.set_poison(False)
+        triton_embed.set_index_check(mode)
+        if autotune is None:
+            os.environ.pop("TRITON_EMBED_AUTOTUNE", None)
+        else:
+            os.environ["TRITON_EMBED_AUTOTUNE"] = autotune
+
+
+def embedding_check(d: Data, padding_idx: int | None = None, scale: bool = False, int32: bool = False,
+                    two_d: bool = False, sparse: bool = False) -> tuple[float, float, str]:
+    """Lookup forward (exact) and weight gradient (dense or sparse) against the reference path."""
+    ids = d.ids.view(-1, 8) if two_d else d.ids
+    ids = ids.int() if int32 else ids
+    grad = d.grad.view(*ids.shape, d.dim)
+    w, wr, w64 = leaf(d.weight), leaf(d.weight), leaf(d.weight, torch.float64)
+    out = functional.embedding(ids, w, padding_idx, None, 2.0, scale, sparse)
+    out.backward(grad)
+    out_r = reference.embedding(ids, wr, padding_idx, None, 2.0, scale, sparse)
+    out_r.backward(grad)
+    out64 = F.embedding(ids, w64, padding_idx, None, 2.0, scale, False)
+    out64.backward(grad.double())
+    if sparse and not (w.grad is not None and w.grad.is_sparse):
+        raise Failed("sparse=True did not give a sparse gradient")
+    return compare([("output", out, out_r, out64, True), ("weight.grad", w.grad, wr.grad, w64.grad, False)])
+
+
+def renorm_check(d: Data, norm_type: float) -> tuple[float, float, str]:
+    """max_norm renorm + lookup: output and table against the reference; untouched rows bitwise unchanged."""
+    rows = d.weight.double()[d.ids.unique()]
+    max_norm = float(rows.norm(p=norm_type, dim=1).median())  # about half the referenced rows get rescaled
+    w, wr, w64 = d.weight.clone(), d.weight.clone(), d.weight.to(torch.float64, copy=True)
+    with torch.no_grad():
+        out = functional.embedding(d.ids, w, max_norm=max_norm, norm_type=norm_type)
+        out_r = reference.embedding(d.ids, wr, None, max_norm, norm_type)
+        out64 = F.embedding(d.ids, w64, max_norm=max_norm, norm_type=norm_type)
+    untouched = torch.ones(d.weight.shape[0], dtype=torch.bool, device=d.weight.device)
+    untouched[d.ids] = False
+    if not torch.equal(w[untouched], d.weight[untouched]):
+        raise Failed("rows the ids do not name changed")
+    return compare([("output", out, out_r, out64, False), ("table", w, wr, w64, False)])
+
+
+def stable_check(d: Data, padding_idx: int | None = None, scale: bool = False, sparse: bool = False
+                 ) -> tuple[float, float, str]:
+    """The fused StableEmbedding forward and backward (weight, γ, β gradients) against bitsandbytes' ops."""
+    gen = torch.Generator(d.weight.device).manual_seed(1)
+    gamma0 = 1.0 + 0.1 * torch.randn(d.dim, generator=gen, device=d.weight.device)
+    beta0 = 0.1 * torch.randn(d.dim, generator=gen, device=d.weight.device)
+    (w, g, b), (wr, gr, br) = ([leaf(t) for t in (d.weight, gamma0, beta0)] for _ in range(2))
+    w64, g64, b64 = (leaf(t, torch.float64) for t in (d.weight, gamma0, beta0))
+    out = functional.stable_embedding(d.ids, w, g, b, padding_idx, None, 2.0, scale, sparse)
+    out.backward(d.grad)
+    out_r = reference.stable_embedding(d.ids, wr, gr, br, padding_idx, None, 2.0, scale, sparse)
+    out_r.backward(d.grad)
+    out64 = F.layer_norm(F.embedding(d.ids, w64, padding_idx, None, 2.0, scale), (d.dim,), g64, b64, LAYER_NORM_EPS)
+    out64.backward(d.grad.double())
+    return compare([("output", out, out_r, out64, False), ("weight.grad", w.grad, wr.grad, w64.grad, False),
+                    ("norm.weight.grad", g.grad, gr.grad, g64.grad, False),
+                    ("norm.bias.grad", b.grad, br.grad, b64.grad, False)])
+
+
+def layer_norm_check(rows: int, dim: int, dtype: torch.dtype, device: torch.device, affine: bool = True
+                     ) -> tuple[float, float, str]:
+    """functional.layer_norm forward and backward (input, γ, β gradients) against F.layer_norm."""
+    gen = torch.Generator(device).manual_seed(2)
+    x0 = torch.randn(rows, dim, generator=gen, device=device).to(dtype)
+    dy = torch.randn(rows, dim, generator=gen, device=device).to(dtype)
+    params = [(1.0 + 0.1 * torch.randn(dim, generator=gen, device=device)).to(dtype),
+              (0.1 * torch.randn(dim, generator=gen, device=device)).to(dtype)] if affine else [None, None]
+    sets = []
+    for kind in (dtype, dtype, torch.float64):
+        x = leaf(x0, kind)
+        wb = [None if p is None else leaf(p, kind) for p in params]
+        sets.append((x, *wb))
+    (x, w, b), (xr, wr, br), (x64, w64, b64) = sets
+    out = functional.layer_norm(x, (dim,), w, b, LAYER_NORM_EPS)
+    out.backward(dy)
+    out_r = F.layer_norm(xr, (dim,), wr, br, LAYER_NORM_EPS)
+    out_r.backward(dy)
+    out64 = F.layer_norm(x64, (dim,), w64, b64, LAYER_NORM_EPS)
+    out64.backward(dy.double())
+    pairs = [("output", out, out_r, out64, False), ("input.grad", x.grad, xr.grad, x64.grad, False)]
+    if affine:
+        pairs += [("weight.grad", w.grad, wr.grad, w64.grad, False), ("bias.grad", b.grad, br.grad, b64.grad, False)]
+    return compare(pairs)
+
+
+def run_sweep(device: torch.device, quick: bool, deadline: Deadline, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every check, in order; the stage record (``ok`` False if any check failed)."""
+    from . import sweep_special
+
+    gpu = device.type == "cuda"
+    shape = GPU_SHAPE if gpu else CPU_SHAPE
+    sweep = Sweep(deadline, say)
+    dtypes = QUICK_DTYPES if quick else tuple(DTYPES)
+    notes = [f"shape V={shape[0]} D={shape[1]} N={shape[2]}, Zipf ids; dtypes {', '.join(dtypes)}"]
+    with sweep_settings():
+        for name in dtypes:
+            d = make_data(shape, DTYPES[name], device)
+            sweep.run(f"embedding/{name}", lambda: embedding_check(d))
+            sweep.run(f"embedding/{name}/padding+scale_grad_by_freq",
+                      lambda: embedding_check(d, padding_idx=int(d.ids[0]), scale=True))
+            if not quick:
+                sweep.run(f"embedding/{name}/int32-2d-ids+padding",
+                          lambda: embedding_check(d, padding_idx=-1, int32=True, two_d=True))
+            if name in QUICK_DTYPES:
+                sweep.run(f"embedding/{name}/sparse+padding",
+                          lambda: embedding_check(d, padding_idx=int(d.ids[1]), sparse=True))
+                for p in ((2.0,) if quick else (1.0, 2.0, math.inf, 3.0)):
+                    sweep.run(f"renorm/{name}/p={p:g}", lambda p=p: renorm_check(d, p))
+            sweep.run(f"stable/{name}", lambda: stable_check(d))
+            sweep.run(f"stable/{name}/padding+scale_grad_by_freq",
+                      lambda: stable_check(d, padding_idx=int(d.ids[0]), scale=True))
+            if name == "float32":
+                sweep.run(f"stable/{name}/sparse", lambda: stable_check(d, sparse=True))
+            sweep.run(f"layer_norm/{name}", lambda: layer_norm_check(shape[2], shape[1], DTYPES[name], device))
+            if name in QUICK_DTYPES and not quick:
+                sweep.run(f"layer_norm/{name}/no-affine",
+                          lambda: layer_norm_check(shape[2], shape[1], DTYPES[name], device, affine=False))
+        if gpu and not quick:
+            for name in QUICK_DTYPES:  # rows wider than the widest register block: streamed in pieces
+                sweep.run(f"layer_norm/{name}/D=8392",
+                          lambda name=name: layer_norm_check(512, 8392, DTYPES[name], device))
+        notes += sweep_special.run_all(sweep, device, shape, quick)
+    result = sweep.result()
+    result["notes"] = notes
+    return result
