@@ -2,7 +2,9 @@
 dγ/dβ through per-program partials and a fixed-order second stage (no atomics, no locks).
 
 The row math lives in jitted helpers that take the address of each row as a vector of offsets, so the
-fused StableEmbedding kernels (``stable_embedding.py``) run the same code on gathered table rows.
+fused StableEmbedding kernels (``stable_embedding.py``) run the same code on gathered table rows; their
+``*_source`` forms read the rows through a loader function instead, so quantized tables (``quantized.py``)
+are dequantized as they are read.
 
 Tiles: a program works on BLOCK_T rows x BLOCK_D columns, BLOCK_D fixed by D alone (the launchers take
 the next power of two up to 8192). With ``SINGLE_BLOCK`` (D <= BLOCK_D) a row is loaded once and kept in
@@ -30,6 +32,17 @@ def _load_tile(base_ptr, row_offsets, cols, stride_d, mask, CAST_DTYPE: tl.const
     CAST_DTYPE (the cast the caller's model makes) and widened to ACC_DTYPE; zeros where masked."""
     x = tl.load(base_ptr + row_offsets[:, None] + cols[None, :].to(tl.int64) * stride_d, mask=mask, other=0)
     return _round(x, CAST_DTYPE).to(ACC_DTYPE)
+
+
+@triton.jit
+def _load_rows(src, cols, mask, CAST_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """The row loader of a dense source ``src = (x_ptr, x_rows, stride_xd)``: ``_load_tile`` of those rows.
+
+    The ``*_source`` helpers below read their rows only through such a loader, ``LOAD(src, cols, mask,
+    CAST_DTYPE, ACC_DTYPE)`` -> the [rows, cols] tile rounded to CAST_DTYPE, in ACC_DTYPE, zeros where masked;
+    other sources (a quantized table: ``quantized.py``) bring their own loader and ``src`` tuple."""
+    x_ptr, x_rows, stride_xd = src
+    return _load_tile(x_ptr, x_rows, cols, stride_xd, mask, CAST_DTYPE, ACC_DTYPE)
 
 
 @triton.jit
@@ -75,13 +88,35 @@ def _layer_norm_forward_rows(
     The statistics are taken about each row's first element (the pivot): a constant row then centres to
     exact zeros (sum(x) / D alone is an ulp off, which rstd ~ 1/sqrt(eps) would magnify), and rows far from
     zero lose no bits to cancellation."""
-    y_ty = y_ptr.dtype.element_ty
     pivot = _round(tl.load(x_ptr + x_rows, mask=x_valid, other=0), CAST_DTYPE).to(ACC_DTYPE)
+    _layer_norm_forward_source(
+        _load_rows, (x_ptr, x_rows, stride_xd), pivot, x_valid,
+        w_ptr, stride_w, b_ptr, stride_b,
+        y_ptr, y_rows, stride_yd, y_valid,
+        mean_ptr, rstd_ptr, stat_index,
+        D, eps, HAS_WEIGHT, HAS_BIAS, CAST_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D,
+    )
+
+
+@triton.jit
+def _layer_norm_forward_source(
+    LOAD: tl.constexpr, src, pivot, x_valid,
+    w_ptr, stride_w, b_ptr, stride_b,
+    y_ptr, y_rows, stride_yd, y_valid,
+    mean_ptr, rstd_ptr, stat_index,
+    D, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    CAST_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``_layer_norm_forward_rows`` on rows read through ``LOAD(src, ...)`` (see ``_load_rows``), about
+    each row's ``pivot`` (its first element as the loader gives it, in ACC_DTYPE), which the caller loads."""
+    y_ty = y_ptr.dtype.element_ty
     inv_d = _inverse(D, ACC_DTYPE)
     if SINGLE_BLOCK:
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < D
-        x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+        x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
         shifted = tl.where(col_mask[None, :], x - pivot[:, None], 0.0)
         offset = _tree_sum(shifted) * inv_d
         xc = tl.where(col_mask[None, :], shifted - offset[:, None], 0.0)
@@ -103,21 +138,21 @@ def _layer_norm_forward_rows(
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
-            x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+            x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
             total += _tree_sum(tl.where(col_mask[None, :], x - pivot[:, None], 0.0))
         offset = total * inv_d
         squares = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
-            x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+            x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
             xc = tl.where(col_mask[None, :], (x - pivot[:, None]) - offset[:, None], 0.0)
             squares += _tree_sum(xc * xc)
         rstd = _rstd(squares * inv_d, eps, ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
-            x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+            x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
             y = ((x - pivot[:, None]) - offset[:, None]) * rstd[:, None]
             if HAS_WEIGHT:
                 y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
@@ -163,13 +198,38 @@ def _layer_norm_backward_rows(
     cast does). dx goes to ``_emit_dx``. Returns this tile's [BLOCK_D] dγ and dβ column sums (fixed trees
     over the BLOCK_T rows) when SINGLE_BLOCK; otherwise adds them in place to row ``partial_row`` of the
     (P, D) partial buffers, which belongs to the calling program alone."""
+    return _layer_norm_backward_source(
+        _load_rows, (x_ptr, x_rows, stride_xd), x_valid,
+        dy_ptr, dy_rows, stride_dyd, row_valid,
+        w_ptr, stride_w,
+        mean_ptr, rstd_ptr, stat_index,
+        dst_ptr, dst_rows, stride_dstd, dst_valid,
+        partial_w_ptr, partial_b_ptr, partial_row,
+        D, MODE, HAS_WEIGHT, CAST_DTYPE, ROUND_DTYPE, ACC_DTYPE, SINGLE_BLOCK, BLOCK_T, BLOCK_D,
+    )
+
+
+@triton.jit
+def _layer_norm_backward_source(
+    LOAD: tl.constexpr, src, x_valid,
+    dy_ptr, dy_rows, stride_dyd, row_valid,
+    w_ptr, stride_w,
+    mean_ptr, rstd_ptr, stat_index,
+    dst_ptr, dst_rows, stride_dstd, dst_valid,
+    partial_w_ptr, partial_b_ptr, partial_row,
+    D,
+    MODE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    CAST_DTYPE: tl.constexpr, ROUND_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``_layer_norm_backward_rows`` on rows read through ``LOAD(src, ...)`` (see ``_load_rows``)."""
     mean = tl.load(mean_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
     rstd = tl.load(rstd_ptr + stat_index, mask=row_valid, other=0).to(ACC_DTYPE)
     inv_d = _inverse(D, ACC_DTYPE)
     if SINGLE_BLOCK:
         cols = tl.arange(0, BLOCK_D)
         col_mask = cols < D
-        x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+        x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
         dy = _load_tile(dy_ptr, dy_rows, cols, stride_dyd, row_valid[:, None] & col_mask[None, :],
                         CAST_DTYPE, ACC_DTYPE)
         xhat = tl.where(col_mask[None, :], (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -191,8 +251,7 @@ def _layer_norm_backward_rows(
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 col_mask = cols < D
-                x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :],
-                               CAST_DTYPE, ACC_DTYPE)
+                x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
                 dy = _load_tile(dy_ptr, dy_rows, cols, stride_dyd, row_valid[:, None] & col_mask[None, :],
                                 CAST_DTYPE, ACC_DTYPE)
                 xhat = tl.where(col_mask[None, :], (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -207,7 +266,7 @@ def _layer_norm_backward_rows(
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
-            x = _load_tile(x_ptr, x_rows, cols, stride_xd, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
+            x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
             dy = _load_tile(dy_ptr, dy_rows, cols, stride_dyd, row_valid[:, None] & col_mask[None, :],
                             CAST_DTYPE, ACC_DTYPE)
             xhat = tl.where(col_mask[None, :], (x - mean[:, None]) * rstd[:, None], 0.0)

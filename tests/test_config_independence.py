@@ -60,6 +60,36 @@ def _layer_norm(device, dtype):
     return [y, x.grad, g.grad, b.grad]
 
 
+def _quantized_tables(device, dtype):
+    """StableEmbedding8bit and StableEmbedding4bit holding the same rows quantized; 24 of the ids (the fused
+    kernels' configs differ in rows per program: 24 tokens already take one to several programs)."""
+    weight, ids, grad, gamma, beta = _inputs(device, dtype)
+    tables = []
+    for cls in (triton_embed.StableEmbedding8bit, triton_embed.StableEmbedding4bit):
+        emb = cls.from_float(torch.nn.Embedding(V, D, _weight=weight.clone()))
+        with torch.no_grad():
+            emb.norm.weight.copy_(gamma)
+            emb.norm.bias.copy_(beta)
+        tables.append(emb)
+    return tables, ids[:24], grad[:24]
+
+
+def _quantized_lookup(device, dtype):
+    tables, ids, _ = _quantized_tables(device, dtype)
+    lookup = (triton_embed.Embedding8bit.forward, triton_embed.Embedding4bit.forward)  # the plain lookups
+    return [plain(emb, ids) for plain, emb in zip(lookup, tables)]
+
+
+def _quantized_stable(device, dtype):
+    tables, ids, grad = _quantized_tables(device, dtype)
+    results = []
+    for emb in tables:
+        out = emb(ids)
+        out.backward(grad)
+        results += [out, emb.norm.weight.grad, emb.norm.bias.grad]
+    return results
+
+
 def _renorm(device, dtype):
     weight, ids, _, _, _ = _inputs(device, dtype)
     table = weight.clone()
@@ -77,6 +107,9 @@ RUNS = {
     "layer_norm_backward": _layer_norm,
     "layer_norm_param_grad": _layer_norm,
     "renorm": _renorm,
+    "quantized_gather": _quantized_lookup,
+    "quantized_stable_forward": _quantized_stable,
+    "quantized_stable_backward": _quantized_stable,
 }
 
 

@@ -11,10 +11,24 @@ from ._version import __version__
 from .convert import replace_embeddings
 from .errors import check_errors, index_check_enabled, index_check_mode, set_index_check
 from .nn import Embedding, StableEmbedding
+from .nn_quantized import (
+    Embedding4bit,
+    Embedding8bit,
+    EmbeddingFP4,
+    EmbeddingNF4,
+    StableEmbedding4bit,
+    StableEmbedding8bit,
+)
 
 __all__ = [
     "Embedding",
     "StableEmbedding",
+    "Embedding8bit",
+    "Embedding4bit",
+    "EmbeddingNF4",
+    "EmbeddingFP4",
+    "StableEmbedding8bit",
+    "StableEmbedding4bit",
     "replace_embeddings",
     "functional",
     "reference",

@@ -9,6 +9,7 @@ from typing import TypeVar
 import torch
 
 from .nn import Embedding, StableEmbedding
+from .nn_quantized import Embedding4bit, Embedding8bit, StableEmbedding4bit, StableEmbedding8bit
 
 __all__ = ["replace_embeddings"]
 
@@ -19,7 +20,11 @@ M = TypeVar("M", bound=torch.nn.Module)
 #: The state a module holds in containers of its own; everything else in its ``__dict__`` is carried over.
 _CONTAINERS = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
 #: Public names of the modules where the classes are defined.
-_PUBLIC = {"torch.nn.modules.sparse": "torch.nn", "triton_embed.nn": "triton_embed"}
+_PUBLIC = {"torch.nn.modules.sparse": "torch.nn", "triton_embed.nn": "triton_embed",
+           "triton_embed.nn_quantized": "triton_embed"}
+#: ``quantize=`` of :func:`replace_embeddings`: (plain class, StableEmbedding class, 4-bit quant_type or None).
+_QUANTIZED = {"int8": (Embedding8bit, StableEmbedding8bit, None), "nf4": (Embedding4bit, StableEmbedding4bit, "nf4"),
+              "fp4": (Embedding4bit, StableEmbedding4bit, "fp4")}
 
 
 def _bitsandbytes_types() -> tuple[type | None, type | None]:
@@ -66,7 +71,20 @@ def _convert(old: torch.nn.Embedding, cls: type[Embedding], keeps_norm: bool, de
     return new
 
 
-def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = False) -> M:
+def _quantized(old: torch.nn.Embedding, quantize: str, stable: bool) -> torch.nn.Module:
+    """``old`` as a quantized module (its options, hooks, mode and instance attributes; a StableEmbedding's very
+    norm), the table quantized where it is."""
+    plain, stable_cls, quant_type = _QUANTIZED[quantize]
+    cls = stable_cls if stable else plain
+    new = cls.from_float(old, **({"quant_type": quant_type} if quant_type else {}))
+    for key, value in vars(old).items():  # hooks, ``training``, attributes set on the instance
+        if key not in _CONTAINERS and key not in ("deterministic", "dtype", "quant_type", "blocksize", "quant_storage"):
+            vars(new)[key] = value
+    return new
+
+
+def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = False,
+                       quantize: str | None = None) -> M:
     """Replace, in place, every plain embedding in ``model`` by triton_embed's, and return ``model``.
 
     Converted are the submodules whose type is exactly ``torch.nn.Embedding`` (and, when bitsandbytes is
@@ -78,11 +96,12 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
     registered on it and the state_dict keys. A module reachable under several names becomes one new module
     in all of them. One line per replaced module is logged on the ``"triton_embed"`` logger (INFO).
 
-    Left alone: triton_embed's own modules; ``torch.nn.EmbeddingBag`` (not an embedding here); every other
-    subclass of ``torch.nn.Embedding`` (a scaled word embedding with its own forward, or a subclass that only
-    changes ``__init__``: replacing it would drop its class), and plain embeddings that were altered on the
-    instance (a patched ``forward``, a reparametrised weight, extra parameters): these raise one warning that
-    names them.
+    Left alone: triton_embed's own modules (with ``quantize``, its float ones are quantized);
+    ``torch.nn.EmbeddingBag`` (not an embedding here); every other subclass of ``torch.nn.Embedding`` (a scaled
+    word embedding with its own forward, or a subclass that only changes ``__init__``: replacing it would drop
+    its class; bitsandbytes' quantized modules: see ``Embedding8bit.from_float``), and plain embeddings that were
+    altered on the instance (a patched ``forward``, a reparametrised weight, extra parameters): these raise one
+    warning that names them.
 
     Args:
         model: any ``torch.nn.Module``; a bare embedding works too (then the new module is returned).
@@ -94,6 +113,11 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
             converted as well.
         deterministic: set the converted modules' (and existing triton_embed modules') ``deterministic`` flag.
             The backward is deterministic by construction anyway: the flag is kept for symmetry with the modules.
+        quantize: ``"int8"``, ``"nf4"`` or ``"fp4"``: convert to the quantized modules instead
+            (:class:`~triton_embed.Embedding8bit` / :class:`~triton_embed.Embedding4bit`, or their StableEmbedding
+            forms for StableEmbeddings and with ``stable``), the tables quantized where they are, frozen;
+            triton_embed's own float modules are quantized too. Tables with ``max_norm`` are left alone (it
+            rescales the table in place). A table tied to another module (an LM head) stays float there.
 
     Returns:
         ``model`` (the new module if ``model`` itself was an embedding).
@@ -109,8 +133,10 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
     >>> sorted(triton_embed.replace_embeddings(model, stable=True).state_dict())  # already converted: unchanged
     ['0.weight', '1.bias', '1.weight']
     """
+    if quantize is not None and quantize not in _QUANTIZED:
+        raise ValueError(f"quantize must be None or one of {tuple(_QUANTIZED)}, got {quantize!r}")
     bnb_embedding, bnb_stable = _bitsandbytes_types()
-    plain = (torch.nn.Embedding, bnb_embedding)
+    plain = (torch.nn.Embedding, bnb_embedding) + ((Embedding, StableEmbedding) if quantize is not None else ())
     names: dict[int, list[str]] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(id(module), []).append(name or "<the model itself>")
@@ -118,7 +144,9 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
     replaced: dict[int, torch.nn.Module] = {}
     skipped: list[str] = []
     for module in model.modules():  # each module once, however many names it has
-        if isinstance(module, Embedding):
+        if isinstance(module, (Embedding8bit, Embedding4bit)):
+            continue  # triton_embed's quantized modules
+        if isinstance(module, Embedding) and (quantize is None or type(module) not in (Embedding, StableEmbedding)):
             if deterministic:
                 module.deterministic = True
             continue
@@ -130,14 +158,19 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
             own = "with its own forward" if kind.forward is not torch.nn.Embedding.forward else "a subclass"
             skipped.append(f"{label}: {own}")
             continue
-        keeps_norm = kind is bnb_stable
+        keeps_norm = kind is bnb_stable or kind is StableEmbedding
         reason = _why_not(module, keeps_norm)
+        if reason is None and quantize is not None and module.max_norm is not None:
+            reason = "max_norm rescales the table in place, which a quantized table cannot do"
         if reason is not None:
             skipped.append(f"{label}: {reason}")
             continue
-        cls = StableEmbedding if stable or keeps_norm else Embedding
-        replaced[id(module)] = new = _convert(module, cls, keeps_norm, deterministic)
-        logger.info("replaced %s: %s -> %s", ", ".join(names[id(module)]), _qualname(kind), _qualname(cls))
+        if quantize is not None:
+            new = _quantized(module, quantize, stable or keeps_norm)
+        else:
+            new = _convert(module, StableEmbedding if stable or keeps_norm else Embedding, keeps_norm, deterministic)
+        replaced[id(module)] = new
+        logger.info("replaced %s: %s -> %s", ", ".join(names[id(module)]), _qualname(kind), _qualname(type(new)))
 
     for parent in list(model.modules()):
         for child_name, child in parent._modules.items():

@@ -90,17 +90,32 @@ BUDGETS: dict[str, Budget] = {
 }
 
 
+#: The quantized tables' ops (``ops/quantized.py``; printed in the README's quantized section). The table is
+#: frozen: a backward makes dγ/dβ only, nothing of V or N·D elements.
+QUANTIZED_BUDGETS: dict[str, Budget] = {
+    "quantized embedding forward": Budget(1, 0, lambda s: s.tokens * s.dim * s.element, "N·D·e (the output)"),
+    "quantized stable_embedding forward": Budget(
+        1, 0, lambda s: s.tokens * s.dim * s.element + 2 * s.tokens * s.accumulator,
+        "N·D·e (the output) + 2·N·a (mean, rstd)",
+    ),
+    "quantized stable_embedding backward": Budget(
+        2, 0, lambda s: 2 * s.partials * s.dim * s.accumulator + 2 * s.dim * s.param,
+        "2·P·D·a (dγ/dβ partials) + 2·D·4 (dγ, dβ)",
+    ),
+}
+
+
 def budget(op: str) -> Budget:
-    """The budget of ``op`` (a key of :data:`BUDGETS`)."""
-    return BUDGETS[op]
+    """The budget of ``op`` (a key of :data:`BUDGETS` or :data:`QUANTIZED_BUDGETS`)."""
+    return BUDGETS[op] if op in BUDGETS else QUANTIZED_BUDGETS[op]
 
 
-def markdown_table() -> str:
-    """The budget table as the README prints it."""
+def markdown_table(budgets: dict[str, Budget] | None = None) -> str:
+    """A budget table (default :data:`BUDGETS`) as the README prints it."""
     lines = ["| op | Triton launches | host syncs | bytes of tensors made (at most) |", "|---|---|---|---|"]
-    for op, b in BUDGETS.items():
+    for op, b in (BUDGETS if budgets is None else budgets).items():
         lines.append(f"| {op} | {b.launches} | {b.syncs} | {b.formula} |")
     return "\n".join(lines)
 
 
-__all__ = ["Sizes", "Budget", "BUDGETS", "budget", "markdown_table"]
+__all__ = ["Sizes", "Budget", "BUDGETS", "QUANTIZED_BUDGETS", "budget", "markdown_table"]

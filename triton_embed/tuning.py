@@ -32,7 +32,7 @@ Config = dict[str, int]
 _FORWARD_ROWS = [
     {"ELEMS": 8192, "num_warps": 16, "num_stages": 1},
     {"ELEMS": 4096, "num_warps": 8, "num_stages": 1},
-    {"ELEMS": 16384, "num_warps": 16, "num_stages": 1},
+    {"ELEMS": 4096, "num_warps": 16, "num_stages": 1},
     {"ELEMS": 2048, "num_warps": 4, "num_stages": 1},
 ]
 _BACKWARD_ROWS = [
@@ -87,6 +87,17 @@ CONFIGS: dict[str, list[Config]] = {
         {"BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
         {"BLOCK_D": 512, "num_warps": 8, "num_stages": 1},
     ],
+    # Quantized tables (kernels/quantized.py): the lookup's tokens x columns tiles (each element is dequantized
+    # on its own: any config gives the same bits), and the fused StableEmbedding, tiled as "stable_forward" and
+    # "stable_backward" are.
+    "quantized_gather": [
+        {"BLOCK_T": 8, "BLOCK_D": 512, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 4, "BLOCK_D": 1024, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 16, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_T": 2, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
+    ],
+    "quantized_stable_forward": [dict(c) for c in _FORWARD_ROWS],
+    "quantized_stable_backward": [dict(c) for c in _BACKWARD_ROWS],
 }
 
 #: One config per kernel under the interpreter: no GPU benchmarker there, and big tiles keep the
@@ -102,6 +113,9 @@ INTERPRETER_CONFIGS: dict[str, Config] = {
     "layer_norm_backward": {"num_warps": 4, "num_stages": 1},
     "stable_backward": {"num_warps": 4, "num_stages": 1},
     "layer_norm_param_grad": {"BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "quantized_gather": {"BLOCK_T": 64, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    "quantized_stable_forward": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
+    "quantized_stable_backward": {"num_warps": 4, "num_stages": 1},
 }
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")

@@ -1,0 +1,132 @@
+"""Conversions of the quantized modules (``nn_quantized.py``): ``from_float`` (float embeddings, and
+bitsandbytes' quantized modules, whose codes and scales are taken as they are) and ``to_bitsandbytes``.
+bitsandbytes -> triton_embed -> bitsandbytes gives back identical codes and scales.
+
+>>> import torch, triton_embed
+>>> source = torch.nn.Embedding(10, 6, padding_idx=1)
+>>> emb = triton_embed.EmbeddingNF4.from_float(source)
+>>> emb.is_quantized, emb.padding_idx, emb.dtype
+(True, 1, torch.float32)
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from . import quantize as formats
+
+
+def _bitsandbytes_nn():
+    """``bitsandbytes.nn`` if bitsandbytes is loaded (a module of it cannot exist otherwise), else None."""
+    return sys.modules.get("bitsandbytes.nn")
+
+
+def _instance_of(module: torch.nn.Module, name: str) -> bool:
+    bnb = _bitsandbytes_nn()
+    cls = getattr(bnb, name, None) if bnb is not None else None
+    return cls is not None and isinstance(module, cls)
+
+
+def _fixed_quant_type(cls) -> str | None:
+    from .nn_quantized import EmbeddingFP4, EmbeddingNF4
+
+    return "nf4" if issubclass(cls, EmbeddingNF4) else "fp4" if issubclass(cls, EmbeddingFP4) else None
+
+
+def _blank(cls, source: torch.nn.Module, dtype: torch.dtype, device: torch.device, **options):
+    """A ``cls`` with no table yet (built on the meta device: nothing V x D is allocated), its norm (for the
+    StableEmbedding forms) the source's own or a fresh one on ``device``, float32 whatever the default dtype."""
+    new = cls(source.num_embeddings, source.embedding_dim, dtype=dtype, device="meta",
+              padding_idx=source.padding_idx, **options)
+    if hasattr(new, "norm"):
+        norm = getattr(source, "norm", None)
+        new.norm = norm if isinstance(norm, torch.nn.LayerNorm) else torch.nn.LayerNorm(
+            source.embedding_dim, device=device, dtype=torch.float32)
+    return new.train(source.training)
+
+
+def _four_bit_options(cls, quant_type: str, blocksize: int) -> dict:
+    fixed = _fixed_quant_type(cls)
+    if fixed is not None and fixed != quant_type:
+        raise TypeError(f"{cls.__name__} holds {fixed} codes; the source holds {quant_type} ones")
+    return {"blocksize": blocksize} if fixed is not None else {"quant_type": quant_type, "blocksize": blocksize}
+
+
+def from_float(cls, module: torch.nn.Module, **options):
+    """See ``_QuantizedEmbedding.from_float``."""
+    from ._quantized_module import _QuantizedEmbedding
+    from .nn_quantized import Embedding4bit
+
+    if isinstance(module, _QuantizedEmbedding):
+        raise TypeError(f"{type(module).__name__} is quantized already; dequantize() it into a float module to "
+                        "change its format")
+    if not isinstance(module, torch.nn.Embedding):
+        raise TypeError(f"from_float takes an embedding module, got {type(module).__name__}")
+    four_bit = issubclass(cls, Embedding4bit)
+    weight = module.weight
+    if _instance_of(module, "Embedding8bit") or _instance_of(module, "Embedding4bit"):
+        bnb_four_bit = _instance_of(module, "Embedding4bit")
+        if bnb_four_bit != four_bit:
+            raise TypeError(f"{type(module).__name__} holds a {'4-bit' if bnb_four_bit else 'int8'} table: use "
+                            f"triton_embed.{'Embedding4bit' if bnb_four_bit else 'Embedding8bit'}.from_float")
+        dtype = getattr(module, "dtype", weight.dtype)
+        if not bnb_four_bit and weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:
+            new = _blank(cls, module, dtype, weight.device)
+            new._set_quantized(weight.data.clone(), weight.SCB.detach().float().clone())
+            return new
+        state = getattr(weight, "quant_state", None) or getattr(module, "quant_state", None)
+        if bnb_four_bit and getattr(weight, "bnb_quantized", False) and state is not None:
+            if state.nested:
+                raise ValueError("double-quantized (compress_statistics) absmax is not supported")
+            new = _blank(cls, module, dtype, weight.device, **_four_bit_options(cls, state.quant_type, state.blocksize))
+            new.quant_storage = weight.dtype
+            new._set_quantized(weight.data.contiguous().view(-1).view(torch.uint8).clone(),
+                               state.absmax.detach().float().clone(), state.code.detach().float().clone())
+            return new
+        if bnb_four_bit:  # not quantized yet: its own format options
+            options = {"quant_type": weight.quant_type, "blocksize": weight.blocksize, **options}
+        table = weight.detach().to(dtype)
+    else:
+        if module.max_norm is not None:
+            raise ValueError("max_norm renormalises the table in place, which a quantized (frozen) table cannot do")
+        table = weight.detach()
+    if not table.is_floating_point():
+        raise TypeError(f"from_float needs a float table, got {table.dtype}")
+    if four_bit:
+        options = _four_bit_options(cls, options.pop("quant_type", _fixed_quant_type(cls) or "fp4"),
+                                    options.pop("blocksize", 64)) | options
+    new = _blank(cls, module, table.dtype, table.device, **options)
+    with torch.no_grad():
+        new._set_from_float(table)
+    return new
+
+
+def to_bitsandbytes(module) -> torch.nn.Module:
+    """See ``_QuantizedEmbedding.to_bitsandbytes``."""
+    try:
+        import bitsandbytes.nn as bnb
+    except ImportError as exc:
+        raise ImportError("to_bitsandbytes needs bitsandbytes installed") from exc
+    if hasattr(module, "norm"):
+        raise TypeError("bitsandbytes has no quantized StableEmbedding: export the table alone from an "
+                        "Embedding8bit / Embedding4bit")
+    codes, scales, quant_map, blocksize = module._state_or_raise()
+    rows, dim = module.num_embeddings, module.embedding_dim
+    if codes.dtype == torch.int8:
+        out = bnb.Embedding8bit(rows, dim, device="meta", dtype=module.dtype)
+        data = codes.detach().clone()
+        out.weight = bnb.Int8Params(data, requires_grad=False, has_fp16_weights=False, CB=data,
+                                    SCB=scales.detach().clone())
+        return out.train(module.training)
+    kind = bnb.EmbeddingNF4 if module.quant_type == "nf4" else bnb.EmbeddingFP4
+    out = kind(rows, dim, dtype=module.dtype, quant_storage=module.quant_storage, device="meta")
+    stats = {"absmax": scales.detach().clone(), "quant_map": quant_map.detach().clone(),
+             f"quant_state.bitsandbytes__{module.quant_type}": formats.pack_quant_state(
+                 module.quant_type, blocksize, module.dtype, (rows, dim))}
+    data = codes.detach().reshape(-1).view(module.quant_storage).unsqueeze(1).clone()
+    out.weight = bnb.Params4bit.from_prequantized(data, stats, requires_grad=False, device=codes.device, module=out)
+    return out.train(module.training)
+
+
+__all__ = ["from_float", "to_bitsandbytes"]
