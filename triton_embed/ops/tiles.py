@@ -65,7 +65,9 @@ def forward_tile(config: tuning.Config, dim: int, wide: bool = False) -> tuple[d
     block_d, single = row_width(dim, wide)
     elems = config["ELEMS"] // (2 if wide else 1)
     block_t = max(1, min(elems // block_d, MAX_BLOCK_T))
-    options = _options(config, block_t * block_d, 16 if wide else 32, fma=False)
+    # At most 16 values of the tile per thread (8 for float64): beyond that Triton 3.6's register
+    # allocation spills on the LayerNorm math.
+    options = _options(config, block_t * block_d, 8 if wide else 16, fma=False)
     return {"BLOCK_T": block_t, "BLOCK_D": block_d}, options, single
 
 
