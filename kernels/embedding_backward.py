@@ -21,7 +21,7 @@ Two launches:
 import triton
 import triton.language as tl
 
-from .numerics import _round
+from .numerics import _div, _round
 from .reductions import _reduce_partials
 
 #: Sorted positions per chunk. Part of the summation order, hence a constant, not a tuned parameter.
@@ -214,6 +214,6 @@ def embedding_bwd_rows_kernel(
                         total = _sum_positions(grad_ptr, order_ptr, run_start, run_end, cols, col_mask,
                                                stride_gn, stride_gd, ACC_DTYPE)
                     if SCALE_BY_FREQ:
-                        total = total / tl.cast(run_end - run_start, ACC_DTYPE)
+                        total = _div(total, tl.cast(run_end - run_start, ACC_DTYPE), ACC_DTYPE)
                 tl.store(out_ptr + v * stride_ov + cols.to(tl.int64) * stride_od, _round(total, out_ty),
                          mask=col_mask)

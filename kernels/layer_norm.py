@@ -18,7 +18,7 @@ for these kernels: whether a product fuses into the add that follows depends on 
 import triton
 import triton.language as tl
 
-from .numerics import _exact_float, _round
+from .numerics import _div, _exact_float, _round
 from .reductions import _reduce_partials, _tree_sum, _tree_sum_columns
 
 # MODE values (constexpr) of the backward helper: what happens to the input gradient of each row.
@@ -65,8 +65,9 @@ def _rstd(var, eps, ACC_DTYPE: tl.constexpr):
 
 @triton.jit
 def _inverse(D, ACC_DTYPE: tl.constexpr):
-    """1 / D once per program: the row means multiply by it (one division, not one per row)."""
-    return 1.0 / tl.cast(D, ACC_DTYPE)
+    """1 / D once per program, correctly rounded: the row means multiply by it (one division, not one
+    per row)."""
+    return _div(tl.full([], 1.0, ACC_DTYPE), tl.cast(D, ACC_DTYPE), ACC_DTYPE)
 
 
 @triton.jit

@@ -6,6 +6,9 @@ Exact scalars: Triton passes a Python float to a kernel as float32, so a float64
 (``triton_embed.ops.scalars.float_bits``) and the kernel rebuilds the value with :func:`_exact_float`,
 exactly, in the dtype it computes in. Such arguments are listed in ``do_not_specialize``: an int argument
 equal to 1 would otherwise become a constexpr.
+
+Division: Triton lowers a float32 ``/`` to the approximate ``div.full.f32`` (up to 2 ulp off), so a
+quotient that must match PyTorch's IEEE division goes through :func:`_div`.
 """
 import triton
 import triton.language as tl
@@ -15,6 +18,16 @@ import triton.language as tl
 def _exact_float(bits, DTYPE: tl.constexpr):
     """The float64 whose bit pattern is the int ``bits`` (i32 or i64), converted to DTYPE."""
     return bits.to(tl.int64).to(tl.float64, bitcast=True).to(DTYPE)
+
+
+@triton.jit
+def _div(x, y, DTYPE: tl.constexpr):
+    """``x / y`` correctly rounded in DTYPE (float32 or float64; both operands already in DTYPE)."""
+    if DTYPE == tl.float64:
+        quotient = x / y
+    else:
+        quotient = tl.math.div_rn(x, y)
+    return quotient
 
 
 @triton.jit
