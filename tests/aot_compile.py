@@ -48,6 +48,26 @@ LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")
 BUDGET_KEYS = ("ELEMS",)
 DEFAULT_SPECS = "aot_specs:SPECS"
 DEFAULT_PACKAGE = "triton_embed.kernels"
+#: Spill bytes (stores and loads each) tolerated per compile under Triton before 3.7, whose register
+#: allocation leaves a few rare variants (a 16-values-per-thread LayerNorm tile at D = 8192 without affine
+#: parameters, float64 at D = 4096, a 4-bit row streamed at D = 16384) with 12-32 bytes of stack traffic.
+#: None at all from Triton 3.7 on.
+OLD_TRITON_SPILL_BYTES = 32
+
+
+def spill_allowance(version: str | None = None) -> int:
+    """Spill bytes tolerated per compile for the given Triton version (default: the installed one)."""
+    if version is None:
+        import triton
+
+        version = triton.__version__
+    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
+    return OLD_TRITON_SPILL_BYTES if (major, minor) < (3, 7) else 0
+
+
+def spilling(results: list[dict], allowance: int) -> list[dict]:
+    """The compiled results whose spill stores or loads exceed ``allowance`` bytes."""
+    return [r for r in results if r["ok"] and max(r["spill_stores"], r["spill_loads"]) > allowance]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,10 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(report["results"]))
     print(format_summary(report["results"]))
     failed = [r for r in report["results"] if not r["ok"]]
-    spills = [r for r in report["results"] if r["ok"] and (r["spill_stores"] or r["spill_loads"])]
-    print(f"{len(report['results'])} compiles, {len(failed)} failed, {len(spills)} spilling, "
+    spills = spilling(report["results"], 0)
+    allowance = spill_allowance()
+    over = spilling(report["results"], allowance)
+    tolerated = f" ({len(spills) - len(over)} within this Triton's {allowance} B allowance)" if allowance else ""
+    print(f"{len(report['results'])} compiles, {len(failed)} failed, {len(spills)} spilling{tolerated}, "
           f"{report['elapsed_s']} s on {report['workers']} processes ({report['compile_cpu_s']} CPU s compiling)")
-    return 1 if failed or spills or report.get("missing_specs") or report["bad_specs"] else 0
+    return 1 if failed or over or report.get("missing_specs") or report["bad_specs"] else 0
 
 
 if __name__ == "__main__":

@@ -176,7 +176,8 @@ def _backward_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, in
 def _column_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
     from triton_embed.ops.tiles import column_tile
 
-    meta, options = column_tile(config, case["dim"])
+    # The embedding backward accumulates in float64 exactly when its rows (the weight's dtype) are float64.
+    meta, options = column_tile(config, case["dim"], wide=case.get("w") == "fp64")
     return {**meta, **options}
 
 

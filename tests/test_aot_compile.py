@@ -98,8 +98,10 @@ def test_every_kernel_and_config_compiles_for_sm80_and_sm90(report):
 
 
 def test_no_register_spills(report):
-    spills = [r for r in report["results"] if r["ok"] and (r["spill_stores"] or r["spill_loads"])]
-    assert not spills, "register spills:\n" + "\n".join(
+    """No spill at all on Triton 3.7+; on older Triton a few bytes (``aot_compile.OLD_TRITON_SPILL_BYTES``)."""
+    allowance = aot_compile.spill_allowance()
+    spills = aot_compile.spilling(report["results"], allowance)
+    assert not spills, f"register spills above {allowance} B:\n" + "\n".join(
         f"{describe(r)}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
         f"{r['spill_loads']} B spill loads" for r in spills)
 
@@ -185,10 +187,18 @@ def test_selftest_compile_error_is_reported(selftest_report):
     assert "shape" in r["error"].lower() or "incompatible" in r["error"].lower(), r["error"]
 
 
+def test_spill_allowance_applies_only_to_old_triton():
+    assert aot_compile.spill_allowance("3.9.0") == aot_compile.spill_allowance("3.7.1+git") == 0
+    assert aot_compile.spill_allowance("3.6.0") == aot_compile.OLD_TRITON_SPILL_BYTES
+    fake = [{"ok": True, "spill_stores": 24, "spill_loads": 40}, {"ok": True, "spill_stores": 0, "spill_loads": 0}]
+    assert aot_compile.spilling(fake, 32) == fake[:1] and aot_compile.spilling(fake, 64) == []
+
+
 def test_selftest_spill_is_reported(selftest_report):
     r = selftest_report["by_kernel"]["selftest_spilling_kernel"]
     assert r["ok"], r["error"]
     assert r["spill_stores"] > 0 and r["spill_loads"] > 0, r
+    assert aot_compile.spilling([r], aot_compile.OLD_TRITON_SPILL_BYTES) == [r], "the old-Triton allowance hides it"
 
 
 def test_selftest_missing_vector_loads_are_reported(selftest_report):

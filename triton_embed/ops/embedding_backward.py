@@ -79,7 +79,7 @@ def accumulate_rows(
         tail = new_output((num_chunks, dim), acc, rows.device)
 
         def pieces(config: tuning.Config) -> None:
-            meta, options = column_tile(config, dim)
+            meta, options = column_tile(config, dim, wide=acc == torch.float64)
             embedding_bwd_pieces_kernel[(num_chunks,)](
                 rows, ids, order, head, tail, num_tokens, dim, num_weights, padding_idx,
                 rows.stride(0), rows.stride(1), ACC_DTYPE=acc_tl, **meta, **options,
@@ -97,7 +97,7 @@ def accumulate_rows(
         db_arg = db if db is not None else partial_b
 
         def write_rows(config: tuning.Config) -> None:
-            meta, options = column_tile(config, dim)
+            meta, options = column_tile(config, dim, wide=acc == torch.float64)
             row_programs = triton.cdiv(num_weights, meta["BLOCK_V"])
             param_programs = triton.cdiv(dim, PARAM_BLOCK_D.value) if param_grads is not None else 0
             embedding_bwd_rows_kernel[(row_programs + param_programs,)](

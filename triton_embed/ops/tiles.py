@@ -84,10 +84,10 @@ def backward_tile(config: tuning.Config, dim: int, wide: bool = False) -> tuple[
 def column_tile(config: tuning.Config, dim: int, rows: int = 1, wide: bool = False) -> tuple[dict, dict]:
     """(constexprs, launch options) of a kernel that walks rows in column blocks whose width does not
     change any sum (embedding backward, dγ/dβ reduction): the config's BLOCK_D, capped at D's power of two
-    and so that the program's ``rows`` x BLOCK_D main tile stays within 16384 elements (8192 ``wide``, for
-    float64 data), and its other constexprs (BLOCK_V) as they are."""
+    and so that the program's ``rows`` x BLOCK_D main tile stays within 16384 elements (4096 ``wide``, for
+    float64 data: 8192 float64 values in 16 warps spill), and its other constexprs (BLOCK_V) as they are."""
     meta = {k: v for k, v in config.items() if k not in tuning.LAUNCH_OPTIONS}
-    budget = max(1, (8192 if wide else 16384) // rows)
+    budget = max(1, (4096 if wide else 16384) // rows)
     meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(max(dim, 1)), triton.next_power_of_2(budget))
     return meta, _options(config, rows * meta["BLOCK_D"], 32, fma=True)
 
