@@ -1,6 +1,7 @@
 """Hypothesis strategies shared by the property tests: tables, index tensors and embedding options."""
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -95,3 +96,28 @@ def padding_choices(draw, num_embeddings: int):
         return None
     row = draw(st.integers(0, num_embeddings - 1))
     return row if kind == "positive" else row - num_embeddings
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """``torch.set_default_dtype(dtype)`` for the block, restored after it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def make_ids(gen, shape, num_embeddings, distribution, padding_idx=None, index_dtype=torch.int64):
+    """Ids of ``shape`` drawn uniformly, skewed towards small ids (Zipf-like), or all one hot id; with a
+    padding row (negative counts from the end), about a third of the tokens are padding."""
+    if distribution == "uniform":
+        ids = torch.randint(0, num_embeddings, shape, generator=gen)
+    elif distribution == "skewed":
+        ids = (torch.rand(shape, generator=gen) ** 3 * num_embeddings).long().clamp_max(num_embeddings - 1)
+    else:
+        ids = torch.full(shape, int(torch.randint(0, num_embeddings, (), generator=gen)), dtype=torch.long)
+    if padding_idx is not None and ids.numel():
+        ids.view(-1)[::3] = padding_idx % num_embeddings
+    return ids.to(index_dtype)

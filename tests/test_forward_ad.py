@@ -2,7 +2,6 @@
 tangent PyTorch gives for the same function (they used to give none at all)."""
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
@@ -11,15 +10,7 @@ import torch.nn.functional as F
 
 from triton_embed import functional, reference
 
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+from strategies import default_dtype
 
 
 def _tolerance(dtype: torch.dtype) -> dict[str, float]:

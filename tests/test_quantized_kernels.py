@@ -13,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import triton_embed
-from triton_embed import quantize, reference
+from triton_embed import reference
 from triton_embed._dispatch import use_triton
+
+from strategies import make_ids
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FORMATS = ["int8", "nf4", "fp4"]
@@ -44,18 +46,6 @@ def make_module(fmt: str, rows: int, dim: int, dtype: torch.dtype, seed: int, st
     return module
 
 
-def make_ids(gen, shape, rows, distribution, index_dtype=torch.int64, padding_idx=None):
-    if distribution == "uniform":
-        ids = torch.randint(0, rows, shape, generator=gen)
-    elif distribution == "skewed":
-        ids = (torch.rand(shape, generator=gen) ** 3 * rows).long().clamp_max(rows - 1)
-    else:
-        ids = torch.full(shape, int(torch.randint(0, rows, (), generator=gen)), dtype=torch.long)
-    if padding_idx is not None and ids.numel():
-        ids.view(-1)[::3] = padding_idx
-    return ids.to(index_dtype)
-
-
 @given(fmt=st.sampled_from(FORMATS), rows=st.integers(1, 40), dim=DIMS, dtype=st.sampled_from(DTYPES),
        blocksize=st.sampled_from([64, 32, 128]), shape=SHAPES,
        distribution=st.sampled_from(["uniform", "skewed", "hot"]),
@@ -65,7 +55,7 @@ def test_lookup_equals_dequantize_then_gather(device, fmt, rows, dim, dtype, blo
     gen = torch.Generator().manual_seed(seed)
     padding_idx = int(torch.randint(0, rows, (), generator=gen)) if padding else None
     module = make_module(fmt, rows, dim, dtype, seed, blocksize=blocksize, padding_idx=padding_idx).to(device)
-    ids = make_ids(gen, shape, rows, distribution, index_dtype, padding_idx).to(device)
+    ids = make_ids(gen, shape, rows, distribution, padding_idx, index_dtype).to(device)
     out = module(ids)
     expected = F.embedding(ids.long(), module.dequantize())
     assert out.dtype == dtype and out.shape == (*shape, dim)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import triton_embed
-from triton_embed import quantize
 
 FORMATS = ["int8", "nf4", "fp4"]
 

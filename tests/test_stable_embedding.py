@@ -5,7 +5,6 @@ Without a GPU the kernels run under Triton's interpreter (see conftest); shapes 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -19,6 +18,8 @@ from triton_embed import reference
 from triton_embed.functional import stable_embedding
 from triton_embed.ops import stable_embedding as stable_ops
 
+from strategies import default_dtype, make_ids
+
 HEALTH = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                          HealthCheck.data_too_large])
 
@@ -27,33 +28,6 @@ SLACK = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -8, t
 DIMS = st.one_of(st.sampled_from([1, 2, 63, 64, 65, 96]), st.integers(1, 96))
 INDEX_SHAPES = st.lists(st.integers(0, 5), min_size=0, max_size=3).filter(lambda s: torch.Size(s).numel() <= 64)
 DISTRIBUTIONS = st.sampled_from(["uniform", "skewed", "hot"])
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def make_ids(gen, shape, num_embeddings, distribution, padding_idx=None, index_dtype=torch.int64):
-    """Ids of ``shape`` drawn uniformly, skewed towards small ids (Zipf-like), or all one hot id; with a
-    padding row, about a third of the tokens are padding."""
-    if distribution == "uniform":
-        ids = torch.randint(0, num_embeddings, shape, generator=gen)
-    elif distribution == "skewed":
-        ids = (torch.rand(shape, generator=gen) ** 3 * num_embeddings).long().clamp_max(num_embeddings - 1)
-    else:
-        ids = torch.full(shape, int(torch.randint(0, num_embeddings, (), generator=gen)), dtype=torch.long)
-    if padding_idx is not None and ids.numel():
-        pad = padding_idx % num_embeddings
-        flat = ids.reshape(-1)
-        flat[::3] = pad
-        ids = flat.view(shape)
-    return ids.to(index_dtype)
 
 
 def make_modules(num_embeddings, dim, dtype, device, seed, **options):
