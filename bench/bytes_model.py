@@ -59,8 +59,10 @@ MINIMUM: dict[str, dict[str, str]] = {
 OWN: dict[str, str] = {
     "triton_embed": "embedding: forward N·i + 2·N·D·e; backward sort(64 bits) + N·i + N·D·e + V·D·e (written once) "
                     "+ 2·N·(i+8) + 4·C·D·4 (crossing-run pieces). stable: forward N·i + 2·N·D·e + 2·D·4 + 2·N·4 "
-                    "(mean, rstd); backward N·i + N·D·e (rows re-read) + N·D·e (gradient) + N·D·e (d(emb) written) "
-                    "+ N·D·e (d(emb) read) + 4·P·D·4 + the embedding backward's sort, pieces and V·D·e. layer_norm: "
+                    "(mean, rstd); backward, float32 table (D ≤ 4096): the embedding backward's sort, pieces and "
+                    "V·D·e on the output gradient + U·D·e (each distinct row) + 2·U·4 + D·4 + 4·C·D·4 (per-chunk "
+                    "dγ/dβ partials) + 2·D·4; other tables N·i + N·D·e (rows re-read) + N·D·e (gradient) + N·D·e "
+                    "(d(emb) written) + N·D·e (d(emb) read) + 4·P·D·4 + the embedding backward's. layer_norm: "
                     "forward 2·N·D·e + 2·D·e + 2·N·4; backward 3·N·D·e + 2·N·4 + 4·P·D·4 + 3·D·e. renorm: "
                     "4·(V+1) (row owners) + 3·N·i + 2·N·4 + U·D·e + 2·N·D·e",
     "reference": "PyTorch eager (and bitsandbytes: the same ops). embedding: forward N·i + 2·N·D·e; backward "
@@ -115,6 +117,16 @@ def _partials(tokens: int, dim: int, wide: bool) -> int:
         return min(tokens, 1024)
 
 
+def _runs_max_dim() -> int:
+    """The widest float32 row of our per-id StableEmbedding backward (``ops.stable_embedding_runs``)."""
+    try:
+        from triton_embed.ops.stable_embedding_runs import MAX_BLOCK_D
+
+        return MAX_BLOCK_D
+    except Exception:  # noqa: BLE001 - a model must not fail on a library refactor: the documented bound
+        return 4096
+
+
 def minimum(op: str, pass_: str, s: Sizes) -> int:
     """Bytes of :data:`MINIMUM` ``[op][pass_]`` (``fwd+bwd``: forward + backward)."""
     if pass_ == "fwd+bwd":
@@ -163,6 +175,9 @@ def _ours(op: str, pass_: str, s: Sizes) -> int | None:
     if op == "stable":
         if pass_ == "forward":
             return n * i + 2 * n * d * e + 2 * d * 4 + 2 * n * 4
+        if e == MATH and d <= _runs_max_dim():  # one LayerNorm backward per distinct id, no d(emb) rows
+            chunks = -(-n // 32)
+            return _dense_ours(s, n * d * e) + u * d * e + 2 * u * 4 + d * 4 + 4 * chunks * d * 4 + 2 * d * 4
         p = _partials(n, d, wide)
         return n * i + 3 * n * d * e + 2 * n * 4 + d * 4 + 4 * p * d * 4 + 2 * d * 4 + _dense_ours(s, n * d * e)
     if op == "layer_norm":

@@ -74,6 +74,8 @@ def embedding_bwd_pieces_kernel(
     stride_gn,
     stride_gd,
     ACC_DTYPE: tl.constexpr,
+    EVERY_RUN: tl.constexpr,  # pieces of every run, the padding row's and out-of-range ids' too (their sums
+    #                           still reach StableEmbedding's dγ/dβ); else only of runs that get a row
     BLOCK_D: tl.constexpr,
 ):
     """Program c: the (at most two) pieces of runs that cross the edges of chunk c."""
@@ -90,9 +92,12 @@ def embedding_bwd_pieces_kernel(
     leaves = (end < N) & (after == last)
     head_end = start + tl.sum(((ids == first) & (positions < end)).to(tl.int32), axis=0)
     tail_start = end - tl.sum(((ids == last) & (positions < end)).to(tl.int32), axis=0)
-    do_head = enters & _usable(first, V, padding_idx)
     # A run that fills the chunk and goes on is the head piece already.
-    do_tail = leaves & ((enters & (first == last)) == 0) & _usable(last, V, padding_idx)
+    do_head = enters
+    do_tail = leaves & ((enters & (first == last)) == 0)
+    if not EVERY_RUN:
+        do_head = do_head & _usable(first, V, padding_idx)
+        do_tail = do_tail & _usable(last, V, padding_idx)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         col_mask = cols < D
@@ -138,6 +143,69 @@ def _add_pieces(acc, head_ptr, c_lo, c_hi, cols, col_mask, D):
 
 
 @triton.jit
+def _run_sum(grad_ptr, order_ptr, head_ptr, tail_ptr, run_start, run_end, crosses, cols, col_mask, D,
+             stride_gn, stride_gd, ACC_DTYPE: tl.constexpr):
+    """Σ grad over the sorted positions [run_start, run_end) of one run, in the fixed order: token by token
+    when the run stays in its chunk; else the piece in its first chunk, then the other chunks' pieces."""
+    if crosses:
+        first_chunk = run_start // SEG
+        total = tl.load(tail_ptr + tl.cast(first_chunk, tl.int64) * D + cols, mask=col_mask, other=0)
+        total = _add_pieces(total, head_ptr, first_chunk + 1, (run_end - 1) // SEG + 1, cols, col_mask, D)
+    else:
+        total = _sum_positions(grad_ptr, order_ptr, run_start, run_end, cols, col_mask, stride_gn, stride_gd,
+                               ACC_DTYPE)
+    return total
+
+
+@triton.jit
+def _gradient_rows(
+    grad_ptr, sorted_ids_ptr, order_ptr, head_ptr, tail_ptr, out_ptr, N, D, V, padding_idx, v0,
+    stride_gn, stride_gd, stride_ov, stride_od,
+    SCALE_BY_FREQ: tl.constexpr, ACC_DTYPE: tl.constexpr, SUMS: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Rows [v0, v0 + BLOCK_V) of the gradient, each written once: the sum of its run, or zeros where no
+    token names the row (or it is the padding row). With SUMS off only the zeros are written: a row that
+    gets a sum is left to the caller (``stable_embedding_runs.py``)."""
+    out_ty = out_ptr.dtype.element_ty
+    p = _lower_bound(sorted_ids_ptr, N, v0)
+    for r in range(0, BLOCK_V):
+        v = v0 + r
+        if v < V:
+            current = tl.load(sorted_ids_ptr + tl.minimum(p, N - 1)).to(tl.int64)
+            named = (p < N) & (current == v)
+            run_start = p
+            run_end = p
+            crosses = False
+            if named:
+                chunk = run_start // SEG
+                chunk_end = tl.minimum(chunk * SEG + SEG, N)
+                crosses = (chunk_end < N) & (tl.load(sorted_ids_ptr + tl.minimum(chunk_end, N - 1)).to(tl.int64) == v)
+                if crosses:
+                    run_end = _lower_bound(sorted_ids_ptr, N, v + 1)
+                else:
+                    positions = chunk * SEG + tl.arange(0, SEG)
+                    ids = tl.load(sorted_ids_ptr + positions, mask=positions < chunk_end, other=-1).to(tl.int64)
+                    run_end = chunk * SEG + tl.sum(((ids <= v) & (positions < chunk_end)).to(tl.int32), axis=0)
+                p = run_end
+            write_sum = named & (v != padding_idx)
+            # With SUMS off a row that gets a sum is not stored here.
+            if (write_sum == 0) | SUMS:
+                for d0 in range(0, D, BLOCK_D):
+                    cols = d0 + tl.arange(0, BLOCK_D)
+                    col_mask = cols < D
+                    total = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
+                    if SUMS:
+                        if write_sum:
+                            total = _run_sum(grad_ptr, order_ptr, head_ptr, tail_ptr, run_start, run_end, crosses,
+                                             cols, col_mask, D, stride_gn, stride_gd, ACC_DTYPE)
+                            if SCALE_BY_FREQ:
+                                total = _div(total, tl.cast(run_end - run_start, ACC_DTYPE), ACC_DTYPE)
+                    tl.store(out_ptr + v * stride_ov + cols.to(tl.int64) * stride_od, _round(total, out_ty),
+                             mask=col_mask)
+
+
+@triton.jit
 def embedding_bwd_rows_kernel(
     grad_ptr,  # (N, D) output gradient (or d(emb) rows); strides (stride_gn, stride_gd)
     sorted_ids_ptr,  # (N,) ids sorted stably, contiguous
@@ -177,43 +245,6 @@ def embedding_bwd_rows_kernel(
             _reduce_partials(partial_w_ptr, partial_b_ptr, dw_ptr, db_ptr, P, D, stride_dw, stride_db,
                             pid - row_programs, HAS_WEIGHT, HAS_BIAS, PARAM_BLOCK_D)
         return
-    out_ty = out_ptr.dtype.element_ty
-    v0 = tl.cast(pid, tl.int64) * BLOCK_V
-    p = _lower_bound(sorted_ids_ptr, N, v0)
-    for r in range(0, BLOCK_V):
-        v = v0 + r
-        if v < V:
-            current = tl.load(sorted_ids_ptr + tl.minimum(p, N - 1)).to(tl.int64)
-            named = (p < N) & (current == v)
-            run_start = p
-            run_end = p
-            crosses = False
-            if named:
-                chunk = run_start // SEG
-                chunk_end = tl.minimum(chunk * SEG + SEG, N)
-                crosses = (chunk_end < N) & (tl.load(sorted_ids_ptr + tl.minimum(chunk_end, N - 1)).to(tl.int64) == v)
-                if crosses:
-                    run_end = _lower_bound(sorted_ids_ptr, N, v + 1)
-                else:
-                    positions = chunk * SEG + tl.arange(0, SEG)
-                    ids = tl.load(sorted_ids_ptr + positions, mask=positions < chunk_end, other=-1).to(tl.int64)
-                    run_end = chunk * SEG + tl.sum(((ids <= v) & (positions < chunk_end)).to(tl.int32), axis=0)
-                p = run_end
-            write_sum = named & (v != padding_idx)
-            for d0 in range(0, D, BLOCK_D):
-                cols = d0 + tl.arange(0, BLOCK_D)
-                col_mask = cols < D
-                total = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-                if write_sum:
-                    if crosses:
-                        first_chunk = run_start // SEG
-                        total = tl.load(tail_ptr + tl.cast(first_chunk, tl.int64) * D + cols, mask=col_mask, other=0)
-                        total = _add_pieces(total, head_ptr, first_chunk + 1, (run_end - 1) // SEG + 1, cols,
-                                            col_mask, D)
-                    else:
-                        total = _sum_positions(grad_ptr, order_ptr, run_start, run_end, cols, col_mask,
-                                               stride_gn, stride_gd, ACC_DTYPE)
-                    if SCALE_BY_FREQ:
-                        total = _div(total, tl.cast(run_end - run_start, ACC_DTYPE), ACC_DTYPE)
-                tl.store(out_ptr + v * stride_ov + cols.to(tl.int64) * stride_od, _round(total, out_ty),
-                         mask=col_mask)
+    _gradient_rows(grad_ptr, sorted_ids_ptr, order_ptr, head_ptr, tail_ptr, out_ptr, N, D, V, padding_idx,
+                   tl.cast(pid, tl.int64) * BLOCK_V, stride_gn, stride_gd, stride_ov, stride_od,
+                   SCALE_BY_FREQ, ACC_DTYPE, True, BLOCK_V, BLOCK_D)

@@ -252,7 +252,7 @@ def _embedding_pieces(c):
     return variant({"grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64", "head_ptr": f"*{acc}",
                     "tail_ptr": f"*{acc}", "N": "i32", "D": "i32", "V": "i32", "padding_idx": "i32",
                     "stride_gn": "i32"},
-                   {"stride_gd": 1, "ACC_DTYPE": _TL[acc]}, ints=("D", "stride_gn"))
+                   {"stride_gd": 1, "ACC_DTYPE": _TL[acc], "EVERY_RUN": c["EVERY_RUN"]}, ints=("D", "stride_gn"))
 
 
 def _embedding_rows(c):
@@ -283,7 +283,8 @@ def _embedding_rows(c):
     return variant(types, const, ("D", "stride_gn", "stride_ov", *ints))
 
 
-EMBEDDING_PIECES_SETTINGS = with_dims(({"idx": "i64"}, {"idx": "i32"}))
+EMBEDDING_PIECES_SETTINGS = with_dims(({"idx": "i64", "EVERY_RUN": False}, {"idx": "i32", "EVERY_RUN": False},
+                                       {"idx": "i64", "EVERY_RUN": True}))
 EMBEDDING_ROWS_SETTINGS = with_dims((
     {"SCALE_BY_FREQ": False, "PARAM_GRADS": False},
     {"SCALE_BY_FREQ": True, "PARAM_GRADS": False},
@@ -468,6 +469,48 @@ STABLE_BWD_SETTINGS = with_dims((
 ))
 
 
+# --- kernels/stable_embedding_runs.py ------------------------------------------------------------
+# Launched only for a table in the default dtype ("w" is also the cast: float32, or float64 with float64
+# statistics) with rows of at most 4096 columns (2048 for float64): rows pair each dtype with such widths.
+
+def _runs_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+    from triton_embed.ops.tiles import runs_tile
+
+    meta, options = runs_tile(config, case["dim"], _wide(case))
+    return {**meta, **options}
+
+
+def _stable_runs(c):
+    # ops/stable_embedding_runs.py: (weight, grad_2d, sorted_ids, order, head, tail, gamma|weight, mean, rstd,
+    #   out, partial_w, partial_b, N, D, V, padding_idx, row_programs, weight strides, grad strides,
+    #   stride_g|0, out strides, SCALE_BY_FREQ, HAS_WEIGHT, ACC_DTYPE, BLOCK_V, ZERO_BLOCK_D, BLOCK_D)
+    w, idx = c["w"], c["idx"]
+    acc = acc_dtype(w)
+    g_ty, g_stride = _param(c, "HAS_WEIGHT", w, w)
+    types = {"weight_ptr": f"*{w}", "grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64",
+             "head_ptr": f"*{acc}", "tail_ptr": f"*{acc}", "gamma_ptr": f"*{g_ty}", "mean_ptr": f"*{acc}",
+             "rstd_ptr": f"*{acc}", "out_ptr": f"*{w}", "partial_w_ptr": f"*{acc}", "partial_b_ptr": f"*{acc}",
+             "N": "i32", "D": "i32", "V": "i32", "padding_idx": "i32", "row_programs": "i32",
+             "stride_wv": "i32", "stride_gn": "i32", "stride_ov": "i32"}
+    const = {"stride_wd": 1, "stride_gd": 1, "stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"],
+             "HAS_WEIGHT": c["HAS_WEIGHT"], "ACC_DTYPE": _TL[acc]}
+    ints = ["D", "stride_wv", "stride_gn", "stride_ov"]
+    if g_stride is None:
+        types["stride_g"] = "i32"
+        ints.append("stride_g")
+    else:
+        const["stride_g"] = g_stride
+    return variant(types, const, tuple(ints))
+
+
+RUNS_ROWS = tuple({"w": w, "dim": d} for w, d in (("fp32", 768), ("fp32", 4096), ("fp64", 768), ("fp64", 2048)))
+RUNS_SETTINGS = (
+    {"idx": "i64", "SCALE_BY_FREQ": False, "HAS_WEIGHT": True},
+    {"idx": "i32", "SCALE_BY_FREQ": True, "HAS_WEIGHT": True},
+    {"idx": "i64", "SCALE_BY_FREQ": False, "HAS_WEIGHT": False},
+)
+
+
 # --- kernels/quantized.py ------------------------------------------------------------------------
 # ops/quantized.py: the table is int8 codes (V, D) with float32 row scales (FORMAT 0; the scales stand in for
 # the codebook pointer), or packed uint8 codes with float32 block scales and the float32 codebook (FORMAT 1;
@@ -583,6 +626,8 @@ SPECS: dict[str, KernelSpec] = {
                    launch_config=_forward_tile),
         KernelSpec(f"{_K}.stable_embedding", "stable_embedding_bwd_kernel", "stable_backward", W_ROWS, _stable_bwd,
                    STABLE_BWD_SETTINGS, launch_config=_backward_tile),
+        KernelSpec(f"{_K}.stable_embedding_runs", "stable_embedding_runs_kernel", "stable_runs", RUNS_ROWS,
+                   _stable_runs, RUNS_SETTINGS, launch_config=_runs_tile),
         KernelSpec(f"{_K}.quantized", "quantized_gather_kernel", "quantized_gather", Q_ROWS, _quantized_gather,
                    QUANTIZED_GATHER_SETTINGS),
         KernelSpec(f"{_K}.quantized", "quantized_stable_fwd_kernel", "quantized_stable_forward", Q_ROWS,

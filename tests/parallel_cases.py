@@ -28,6 +28,13 @@ def _init(rank: int, world: int, store: str):
     return init_device_mesh("cpu", (world,))
 
 
+def _finish() -> None:
+    """Tear the group down only once every rank is done: a rank destroying its gloo context while a peer
+    still talks to it can abort the peer ("terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 class CollectiveCounter:
     """Counts the collectives triton_embed.parallel issues (and DTensor's redistributions)."""
 
@@ -135,7 +142,7 @@ def tensor_parallel(rank: int, world: int, store: str) -> None:
         assert "max_norm" in str(exc)
     else:
         raise AssertionError("ColwiseParallel with max_norm did not raise")
-    dist.destroy_process_group()
+    _finish()
 
 
 def functional_dtensors(rank: int, world: int, store: str) -> None:
@@ -164,7 +171,7 @@ def functional_dtensors(rank: int, world: int, store: str) -> None:
         assert "RowwiseParallel" in str(exc)
     else:
         raise AssertionError("a Shard(0) DTensor table was not refused")
-    dist.destroy_process_group()
+    _finish()
 
 
 class TiedModel(torch.nn.Module):
@@ -228,7 +235,7 @@ def data_parallel(rank: int, world: int, store: str) -> None:
                                            msg=f"{wrap} stable={stable} {name}")
             inner = model if wrap == "fsdp" else model.module
             assert inner.head.weight is inner.embed.weight, f"{wrap}: the head is no longer tied"
-    dist.destroy_process_group()
+    _finish()
 
 
 def four_ranks(rank: int, world: int, store: str) -> None:
@@ -240,4 +247,4 @@ def four_ranks(rank: int, world: int, store: str) -> None:
         _case(mesh, rank, world, cls, RowwiseParallel, None, 3, {}, ({"all_reduce": 1}, {}))
         _case(mesh, rank, world, cls, RowwiseParallel, Shard(1), 10, {"padding_idx": 9},
               ({"reduce_scatter": 1}, {"all_gather": 1, **({"all_reduce": 1} if cls is triton_embed.StableEmbedding else {})}))
-    dist.destroy_process_group()
+    _finish()

@@ -243,15 +243,16 @@ def test_tuner_reaches_every_launcher(tmp_path: Path, monkeypatch) -> None:
         return candidates[-1]
 
     monkeypatch.setattr(tuning, "_fastest", every_config)
-    ops = ["embedding", "stable", "layer_norm"]
+    # StableEmbedding's backward: per distinct id for a float32 table, per token (then summed) for bf16.
+    ops = [("embedding", "float32"), ("stable", "float32"), ("stable", "bfloat16"), ("layer_norm", "float32")]
     tuner = tune.Tuner()
     try:
-        for op in ops:
+        for op, dtype in ops:
             vocab, dist = (0, cases.NO_DIST) if op == "layer_norm" else (300, "zipf")
-            case = cases.Case(op, vocab, 32, 40, dist, "float32")
+            case = cases.Case(op, vocab, 32, 40, dist, dtype)
             assert tuner.needed(case)
             tuner.tune(case, cases.make_inputs(case, torch.device("cuda" if HAS_CUDA else "cpu")))
-            other = cases.Case(op, vocab, 32, 33, "uniform" if vocab else dist, "float32")
+            other = cases.Case(op, vocab, 32, 33, "uniform" if vocab else dist, dtype)
             assert not tuner.needed(case) and not tuner.needed(other)
         # the renorm op's kernels are the embedding's: tuned with it; another table size is another key
         assert not tuner.needed(cases.Case("renorm", 300, 32, 40, "zipf", "float32"))
@@ -260,7 +261,7 @@ def test_tuner_reaches_every_launcher(tmp_path: Path, monkeypatch) -> None:
         tuning.forget_choices()
     written = tuning.read_cache()["devices"][tuning.device_tag()]
     families = {"gather", "embedding_pieces", "embedding_rows", "renorm", "stable_forward", "stable_backward",
-                "stable_rows", "layer_norm", "layer_norm_backward", "layer_norm_param_grad"}
+                "stable_rows", "stable_runs", "layer_norm", "layer_norm_backward", "layer_norm_param_grad"}
     assert {key.split("|")[0].split("[")[0] for key in written} == families
     for key, config in written.items():
         assert config == tuning.CONFIGS[key.split("|")[0].split("[")[0]][-1], key

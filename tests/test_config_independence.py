@@ -101,6 +101,7 @@ RUNS = {
     "embedding_pieces": _embedding,
     "embedding_rows": _embedding,
     "stable_rows": _stable,
+    "stable_runs": _stable,
     "stable_forward": _stable,
     "stable_backward": _stable,
     "layer_norm": _layer_norm,

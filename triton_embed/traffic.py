@@ -79,6 +79,13 @@ BUDGETS: dict[str, Budget] = {
         "V·D·e (the gradient) + N·D·e (d(emb) rows) + N·(i+8) + 2·C·D·a + 2·P·D·a (dγ/dβ partials) + 2·D·4 "
         "(dγ, dβ)",
     ),
+    "stable_embedding backward, table in the default dtype": Budget(
+        3, 0,
+        lambda s: (s.rows * s.dim * s.element + _sorted(s) + 4 * _chunks(s) * s.dim * s.accumulator
+                   + 2 * s.dim * s.param),
+        "V·D·e (the gradient) + N·(i+8) + 2·C·D·a (pieces) + 2·C·D·a (dγ/dβ partials, one row per chunk) + "
+        "2·D·4 (dγ, dβ): one LayerNorm backward per distinct id, no d(emb) rows",
+    ),
     "layer_norm forward": Budget(
         1, 0, lambda s: s.tokens * s.dim * s.element + 2 * s.tokens * s.accumulator,
         "N·D·e (the output) + 2·N·a (mean, rstd)",

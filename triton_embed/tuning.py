@@ -73,6 +73,9 @@ CONFIGS: dict[str, list[Config]] = {
     ],
     "embedding_rows": [dict(c) for c in _GRADIENT_ROWS],
     "stable_rows": [dict(c) for c in _GRADIENT_ROWS],
+    # StableEmbedding's backward for a table in the default dtype (kernels/stable_embedding_runs.py): BLOCK_V
+    # rows x BLOCK_D columns per store of the zeroing programs; the run programs hold a whole row.
+    "stable_runs": [dict(c) for c in _GRADIENT_ROWS],
     # LayerNorm and StableEmbedding: a row up to 8192 wide is held in registers whole (ops/tiles.py).
     # Forward: ELEMS bounds the rows x columns tile (halved for float64 statistics). Backward: the rows
     # per tile are fixed by D, only the warps are tuned. "maxnreg" 128 (the launch default) keeps ptxas
@@ -108,6 +111,7 @@ INTERPRETER_CONFIGS: dict[str, Config] = {
     "embedding_pieces": {"BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
     "embedding_rows": {"BLOCK_V": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
     "stable_rows": {"BLOCK_V": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
+    "stable_runs": {"BLOCK_V": 8, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
     "layer_norm": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
     "stable_forward": {"ELEMS": 1024, "num_warps": 4, "num_stages": 1},
     "layer_norm_backward": {"num_warps": 4, "num_stages": 1},

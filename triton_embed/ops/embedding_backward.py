@@ -49,6 +49,35 @@ def dense_backward(
     return accumulate_rows(grad_2d, flat, num_weights, padding_idx, scale_grad_by_freq)
 
 
+def sorted_pieces(
+    rows: torch.Tensor, flat: torch.Tensor, num_weights: int, padding_idx: int, every_run: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted ids, their tokens, head pieces, tail pieces): the stable sort of ``flat`` and the first launch
+    (``embedding_bwd_pieces_kernel``), the (C, D) sums of ``rows`` over the pieces of runs that cross chunks
+    of CHUNK sorted positions, in float32 (float64 for float64 rows). ``every_run``: the padding row's and
+    out-of-range ids' runs too."""
+    num_tokens, dim = rows.shape
+    acc = accumulator_dtype(rows.dtype)
+    acc_tl = tl.float64 if acc == torch.float64 else tl.float32
+    ids, order = sorted_ids(flat)
+    num_chunks = triton.cdiv(num_tokens, CHUNK)
+    head = new_output((num_chunks, dim), acc, rows.device)
+    tail = new_output((num_chunks, dim), acc, rows.device)
+
+    def pieces(config: tuning.Config) -> None:
+        meta, options = column_tile(config, dim, wide=acc == torch.float64)
+        embedding_bwd_pieces_kernel[(num_chunks,)](
+            rows, ids, order, head, tail, num_tokens, dim, num_weights, padding_idx,
+            rows.stride(0), rows.stride(1), ACC_DTYPE=acc_tl, EVERY_RUN=every_run, **meta, **options,
+        )
+
+    # Rewrites only its own outputs: timing runs may launch into them.
+    pieces(tuning.choose("embedding_pieces", rows.dtype, dim, num_tokens, bench=pieces,
+                         variant="every_run" if every_run else ""))
+    record_launch("embedding_bwd_pieces_kernel")
+    return ids, order, head, tail
+
+
 def accumulate_rows(
     rows: torch.Tensor,
     flat: torch.Tensor,
@@ -73,21 +102,7 @@ def accumulate_rows(
     acc_tl = tl.float64 if acc == torch.float64 else tl.float32
     out = new_output((num_weights, dim), rows.dtype, rows.device)
     with device_guard(rows):
-        ids, order = sorted_ids(flat)
-        num_chunks = triton.cdiv(num_tokens, CHUNK)
-        head = new_output((num_chunks, dim), acc, rows.device)
-        tail = new_output((num_chunks, dim), acc, rows.device)
-
-        def pieces(config: tuning.Config) -> None:
-            meta, options = column_tile(config, dim, wide=acc == torch.float64)
-            embedding_bwd_pieces_kernel[(num_chunks,)](
-                rows, ids, order, head, tail, num_tokens, dim, num_weights, padding_idx,
-                rows.stride(0), rows.stride(1), ACC_DTYPE=acc_tl, **meta, **options,
-            )
-
-        # Both launches rewrite only their own outputs: timing runs may launch into them.
-        pieces(tuning.choose("embedding_pieces", rows.dtype, dim, num_tokens, bench=pieces))
-        record_launch("embedding_bwd_pieces_kernel")
+        ids, order, head, tail = sorted_pieces(rows, flat, num_weights, padding_idx)
         if param_grads is None:
             partial_w = partial_b = head
             dw = db = None

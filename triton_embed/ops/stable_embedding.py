@@ -3,7 +3,8 @@
 tracing, a registered autograd formula), which dispatch to the launchers or to the reference path.
 
 Launches: forward, one (``stable_embedding_fwd_kernel``). Dense backward, three, plus a sort of the ids:
-the LayerNorm backward writing the d(emb) rows of the tokens that reach the table, then the dense
+for a table in the default dtype, one LayerNorm backward per distinct id (``stable_embedding_runs.py``);
+otherwise the LayerNorm backward writing the d(emb) rows of the tokens that reach the table, then the dense
 gradient's two launches (``embedding_backward.accumulate_rows``), the second of which also finishes dγ/dβ.
 Every sum has a fixed order: the gradients repeat bitwise for every config.
 Saved for backward: the indices and float32 (float64 under a float64 default dtype) mean and rstd per
@@ -26,6 +27,8 @@ from .dtypes import accumulator_dtype, tl_dtype
 from .embedding import sparse_backward
 from .embedding_backward import accumulate_rows
 from .layer_norm import backward_programs, reduce_param_grads
+from .stable_embedding_runs import applies as runs_apply
+from .stable_embedding_runs import dense_backward as runs_dense_backward
 from .scalars import float_bits
 from .tiles import backward_tile, forward_tile
 
@@ -120,6 +123,10 @@ def backward(
             return torch.zeros_like(weight), dw, db
         return weight.new_zeros((num_tokens if mode == WEIGHT_GRAD_ROWS else 0, dim)), dw, db
 
+    if mode == WEIGHT_GRAD_DENSE and runs_apply(weight.dtype, compute_dtype, dim):
+        with device_guard(weight):
+            return runs_dense_backward(grad_2d, weight, flat, norm_weight, mean, rstd, dw, db, padding_idx,
+                                       scale_grad_by_freq), dw, db
     gamma, stride_g = _param_arg(norm_weight, weight)
     block_t = backward_tile({}, dim, wide)[0]["BLOCK_T"]
     programs, rows_per_program = backward_programs(num_tokens, block_t)

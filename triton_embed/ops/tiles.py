@@ -92,4 +92,13 @@ def column_tile(config: tuning.Config, dim: int, rows: int = 1, wide: bool = Fal
     return meta, _options(config, rows * meta["BLOCK_D"], 32, fma=True)
 
 
-__all__ = ["MAX_BLOCK_D", "row_width", "fit_warps", "forward_tile", "backward_tile", "column_tile"]
+def runs_tile(config: tuning.Config, dim: int, wide: bool = False) -> tuple[dict, dict]:
+    """(constexprs, launch options) of ``stable_embedding_runs_kernel``: a whole row as BLOCK_D (fixed by D;
+    the caller checks that D fits), the zeroing programs' BLOCK_V rows and ZERO_BLOCK_D columns per store
+    from the config, warps for the row (several row-sized values are live), no FMA contraction."""
+    block_d, _ = row_width(dim, wide)
+    meta = {"BLOCK_V": config["BLOCK_V"], "ZERO_BLOCK_D": min(config["BLOCK_D"], block_d), "BLOCK_D": block_d}
+    return meta, _options(config, block_d, 4 if wide else 8, fma=False)
+
+
+__all__ = ["MAX_BLOCK_D", "row_width", "fit_warps", "forward_tile", "backward_tile", "column_tile", "runs_tile"]
