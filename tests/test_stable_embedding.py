@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import triton_embed
 from triton_embed import reference
+from triton_embed._dispatch import use_triton
 from triton_embed.functional import stable_embedding
 from triton_embed.ops import stable_embedding as stable_ops
 
@@ -239,6 +240,30 @@ def test_deterministic_backward_repeats_bitwise(device, dtype, dim):
         for a, b in zip(first, again):
             assert torch.equal(a, b)
     compare_modules(ours, ref, ids, grad, 2, True)
+
+
+@pytest.mark.parametrize("dim", [24, 4100])
+def test_per_id_and_per_token_backwards_agree(device, dim, monkeypatch):
+    """A float32 table takes the per-id backward (rows up to 4096 wide; 4100 takes the per-token one): both
+    against the float64 truth, and against each other, with a hot id across chunks, padding and
+    scale_grad_by_freq."""
+    if not use_triton(torch.empty(0, device=device)):
+        pytest.skip("the two backwards are the kernels'")
+    gen = torch.Generator().manual_seed(dim)
+    ids = make_ids(gen, (48,), 11, "skewed", padding_idx=3).to(device)
+    ids[:36] = 6  # a run over two chunks of 32 sorted positions
+    grad = torch.randn(48, dim, generator=gen).to(device)
+    results = []
+    for per_id in (True, False):
+        if not per_id:
+            monkeypatch.setattr(stable_ops, "runs_apply", lambda *args: False)
+        ours, ref = make_modules(11, dim, torch.float32, device, 5, padding_idx=3, scale_grad_by_freq=True)
+        before = triton_embed.launch_counts.copy()
+        results.append(compare_modules(ours, ref, ids, grad, 3, True))
+        used_runs = (triton_embed.launch_counts - before)["stable_embedding_runs_kernel"] == 1
+        assert used_runs == (per_id and dim <= 4096)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_deterministic_algorithms_flag_changes_no_bit(device):
