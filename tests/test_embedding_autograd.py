@@ -90,14 +90,16 @@ class TinyModel(torch.nn.Module):
         return self.head(self.embed(ids)).sum(-1)
 
 
+@pytest.mark.parametrize("dynamic", [None, True])
 @pytest.mark.parametrize("options", [{}, {"padding_idx": 0, "max_norm": 1.0, "scale_grad_by_freq": True}])
-def test_compiled_model_has_no_graph_break_and_matches_eager(device, options):
+def test_compiled_model_has_no_graph_break_and_matches_eager(device, options, dynamic):
     torch.manual_seed(0)
     torch._dynamo.reset()
     model = TinyModel(device, **options)
     compiled_model = TinyModel(device, **options)
     compiled_model.load_state_dict(model.state_dict())
-    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
+    # dynamic=True: the float options (max_norm, norm_type) may be traced as symbolic floats.
+    compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager", dynamic=dynamic)
     ids = torch.randint(0, 16, (4, 6), device=device)
     expected = model(ids)
     out = compiled(ids)
@@ -153,3 +155,59 @@ def test_reference_backend_runs_no_kernel(device):
     functional.embedding(torch.tensor([1, 1], device=device), weight, max_norm=1.0).sum().backward()
     assert sum(triton_embed.launch_counts.values()) == before
     assert torch.equal(weight.grad[1], torch.full((3,), 2.0, device=device))
+
+
+class _PyTorchStable(torch.nn.Module):
+    """bitsandbytes' StableEmbedding graph in plain PyTorch modules."""
+
+    def __init__(self, stable: triton_embed.StableEmbedding) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(*stable.weight.shape, padding_idx=stable.padding_idx,
+                                        _weight=stable.weight.detach().clone())
+        self.norm = torch.nn.LayerNorm(stable.weight.shape[1])
+        self.norm.load_state_dict(stable.norm.state_dict())
+
+    def forward(self, ids):
+        return self.norm(self.embed(ids).to(torch.get_default_dtype())).to(self.embed.weight.dtype)
+
+
+@pytest.mark.parametrize("stable", [False, True])
+def test_torch_func_transforms_match_pytorch(device, stable):
+    """A nonlinear loss through torch.func.grad, per-sample gradients (vmap over grad) and jacrev: under
+    torch.func the ops run as their PyTorch composition, so every transform works and matches PyTorch."""
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    torch.manual_seed(0)
+    embed = (triton_embed.StableEmbedding if stable else triton_embed.Embedding)(10, 4, padding_idx=0, device=device)
+    with torch.no_grad():
+        embed.weight.mul_(3.0)
+    ref_embed = _PyTorchStable(embed) if stable else torch.nn.Embedding(10, 4, padding_idx=0,
+                                                                         _weight=embed.weight.detach().clone())
+    head = torch.nn.Linear(4, 3, device=device)
+    ours, ref = torch.nn.Sequential(embed, head), torch.nn.Sequential(ref_embed, head)
+    ids = torch.tensor([[1, 2, 3, 2], [0, 5, 5, 9]], device=device)
+    targets = torch.tensor([[0, 1, 2, 1], [2, 2, 0, 1]], device=device)
+
+    def loss_of(model):
+        return lambda params, i, t: F.cross_entropy(functional_call(model, params, (i,)).flatten(0, -2), t.flatten())
+
+    results = []
+    for model in (ours, ref):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        whole = grad(loss_of(model))(params, ids, targets)
+        per_sample = vmap(grad(loss_of(model)), in_dims=(None, 0, 0))(params, ids, targets)
+        jac = jacrev(lambda p: functional_call(model, p, (ids,)).exp().sum(-1))(params)
+        results.append([whole, per_sample, jac])
+    same = {"0.weight": "0.embed.weight"} if stable else {}  # the table's name in the PyTorch module
+    for ours_part, ref_part in zip(*results):
+        assert len(ours_part) == len(ref_part) == len(list(ours.parameters()))
+        for name, value in ours_part.items():
+            torch.testing.assert_close(value, ref_part[same.get(name, name)], rtol=1e-5, atol=1e-6)
+
+
+def test_hessian_of_a_lookup_matches_pytorch(device):
+    ids = torch.tensor([1, 3, 3, 0], device=device)
+    weight = torch.randn(5, 2, dtype=torch.float64, device=device)
+    ours = torch.func.hessian(lambda w: (functional.embedding(ids, w, padding_idx=0) ** 3).sum())(weight)
+    ref = torch.func.hessian(lambda w: (F.embedding(ids, w, padding_idx=0) ** 3).sum())(weight)
+    torch.testing.assert_close(ours, ref)

@@ -194,8 +194,10 @@ def test_bad_arguments(device):
         layer_norm(x, 5, torch.ones(4, device=device))
     with pytest.raises(RuntimeError):
         layer_norm(torch.ones(3, 5, dtype=torch.int64, device=device), 5)
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError, match="at least 1-dimensional"):  # PyTorch's type and words
         layer_norm(x, ())
+    with pytest.raises(TypeError):  # a float size is not truncated
+        layer_norm(x, (5.0,))
 
 
 def test_reference_backend_matches(device):

@@ -1,7 +1,6 @@
 """Argument checks shared by the functional API and the modules; PyTorch's exception types, clearer words."""
 from __future__ import annotations
 
-import math
 import operator
 
 import torch
@@ -48,17 +47,23 @@ def normalize_padding_idx(padding_idx: int | None, num_embeddings: int) -> int |
     return padding_idx + num_embeddings if padding_idx < 0 else padding_idx
 
 
+def _is_nan(value) -> bool:
+    # x != x rather than math.isnan: under torch.compile(dynamic=True) a float option may be a SymFloat,
+    # which math.isnan cannot take.
+    return bool(value != value)
+
+
 def check_max_norm(max_norm: float | None, norm_type: float, weight: torch.Tensor) -> None:
     if max_norm is not None:
-        value = float(max_norm)
-        if math.isnan(value) or value < 0:
+        value = max_norm
+        if _is_nan(value) or value < 0:
             raise ValueError(f"max_norm must be a non-negative number, got {max_norm}")
         if not (weight.dtype.is_floating_point or weight.dtype.is_complex):
             # PyTorch raises too (its norm() refuses integer tables); a silent integer rescale would corrupt rows.
             raise RuntimeError(
                 f"max_norm rescales rows in place, which needs a floating or complex table; got {weight.dtype}"
             )
-    if math.isnan(float(norm_type)):
+    if _is_nan(norm_type):
         raise ValueError(f"norm_type must be a number, got {norm_type}")
 
 

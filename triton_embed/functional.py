@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import _validation as check
@@ -51,6 +53,9 @@ def embedding(
     >>> triton_embed.functional.embedding(torch.tensor([[2, 0]]), weight).tolist()
     [[[4.0, 5.0], [0.0, 1.0]]]
     """
+    if _under_torch_func(input, weight):
+        padding = _check(input, weight, padding_idx, max_norm, norm_type)
+        return F.embedding(input, weight, _none_if_negative(padding), max_norm, norm_type, scale_grad_by_freq, sparse)
     padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
     if weight.is_complex() and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError("embedding does not support automatic differentiation for outputs with complex dtype "
@@ -60,6 +65,30 @@ def embedding(
     return torch.ops.triton_embed.embedding(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
 
 
+def _under_torch_func(*tensors: Tensor | None) -> bool:
+    """Whether a ``torch.func`` transform (grad, vjp, jacrev, jacfwd, hessian, vmap) wraps an input. The ops
+    then run as their PyTorch composition, which every transform supports: a ``torch.library`` op's
+    backward can be neither differentiated nor batched by them."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
+def _none_if_negative(padding: int) -> int | None:
+    return None if padding < 0 else padding
+
+
+def _check(input: Tensor, weight: Tensor, padding_idx: int | None, max_norm: float | None, norm_type: float) -> int:
+    """The checks every lookup makes; the padding row (non-negative) or -1."""
+    check.check_weight(weight)
+    check.check_indices_dtype(input)
+    check.check_same_device(input, weight)
+    check.check_table_placement(weight, max_norm)
+    check.check_max_norm(max_norm, norm_type, weight)
+    padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
+    return -1 if padding is None else padding
+
+
 def _check_and_renorm(
     input: Tensor, weight: Tensor, padding_idx: int | None, max_norm: float | None, norm_type: float,
     deterministic: bool | None,
@@ -67,17 +96,12 @@ def _check_and_renorm(
     """The checks every lookup makes, then the max_norm renorm (in place, no grad, before the lookup).
     Returns (padding row or -1, whether the backward must be deterministic: asked for, or
     ``torch.are_deterministic_algorithms_enabled()`` now; the backward also checks that flag when it runs)."""
-    check.check_weight(weight)
-    check.check_indices_dtype(input)
-    check.check_same_device(input, weight)
-    check.check_table_placement(weight, max_norm)
-    check.check_max_norm(max_norm, norm_type, weight)
-    padding = check.normalize_padding_idx(padding_idx, weight.shape[0])
+    padding = _check(input, weight, padding_idx, max_norm, norm_type)
     if max_norm is not None:
         with torch.no_grad():
             torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
     deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
-    return (-1 if padding is None else padding), deterministic
+    return padding, deterministic
 
 
 def _check_norm_param(param: Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> None:
@@ -126,9 +150,14 @@ def layer_norm(
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"layer_norm input must be a torch.Tensor, got {type(input).__name__}")
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(int(s) for s in normalized_shape)
+    # operator.index: any integral (numpy ints, 0-d int tensors), never a truncated float.
+    if isinstance(normalized_shape, (tuple, list, torch.Size)):
+        shape = tuple(operator.index(s) for s in normalized_shape)
+    else:
+        shape = (operator.index(normalized_shape),)
     if not shape:
-        raise ValueError("normalized_shape must name at least one dim")
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
+                           "element, but got normalized_shape = []")
     if not input.dtype.is_floating_point:
         raise RuntimeError(f"layer_norm expects a floating input, got {input.dtype}")
     if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape):]) != shape:
@@ -138,6 +167,8 @@ def layer_norm(
         )
     _check_norm_param(weight, "weight", shape, input.device)
     _check_norm_param(bias, "bias", shape, input.device)
+    if _under_torch_func(input, weight, bias):
+        return F.layer_norm(input, shape, weight, bias, eps)
     dim = math.prod(shape)
     x = input.reshape(*input.shape[: input.dim() - len(shape)], dim)
     w = weight.reshape(dim) if weight is not None else None
@@ -199,6 +230,11 @@ def stable_embedding(
         raise RuntimeError(f"stable_embedding needs a floating weight, got {weight.dtype}")
     _check_norm_param(norm_weight, "norm_weight", (weight.shape[1],), weight.device)
     _check_norm_param(norm_bias, "norm_bias", (weight.shape[1],), weight.device)
+    if _under_torch_func(input, weight, norm_weight, norm_bias):  # bitsandbytes' graph, in PyTorch ops
+        padding = _check(input, weight, padding_idx, max_norm, norm_type)
+        rows = F.embedding(input, weight, _none_if_negative(padding), max_norm, norm_type, scale_grad_by_freq, sparse)
+        normed = F.layer_norm(rows.to(torch.get_default_dtype()), (weight.shape[1],), norm_weight, norm_bias, eps)
+        return normed.to(weight.dtype)
     padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
     args = (
         weight, input, norm_weight, norm_bias, float(eps), torch.get_default_dtype(), padding,
