@@ -91,7 +91,9 @@ def test_registers_32bit_optimizer_state_with_bitsandbytes():
     emb = triton_embed.Embedding(4, 2)
     manager = GlobalOptimManager.get_instance()
     overrides = [(module, name, config) for module, name, config in manager.module_weight_config_triple]
-    assert any(module is emb and name == "weight" and config == {"optim_bits": 32} for module, name, config in overrides)
+    # A weak proxy of the module (the manager would otherwise keep it alive for good).
+    assert any(module.weight is emb.weight and name == "weight" and config == {"optim_bits": 32}
+               for module, name, config in overrides)
 
 
 @needs_bnb

@@ -156,9 +156,14 @@ def test_bad_inputs_and_unquantized_tables(device, fmt):
         module(torch.tensor([1.0], device=device))
     with pytest.raises(TypeError):
         module([1, 2])
+    # A table not quantized yet is quantized by its first forward (bitsandbytes quantizes on any move).
     fresh = triton_embed.Embedding8bit(6, 9) if fmt == "int8" else triton_embed.Embedding4bit(6, 9, quant_type=fmt)
-    with pytest.raises(RuntimeError, match="not quantized"):
-        fresh(torch.tensor([1]))
+    table = fresh.weight.detach().clone()
+    out = fresh(torch.tensor([1, 4]))
+    assert fresh.is_quantized and torch.equal(out, fresh.dequantize()[[1, 4]])
+    assert (out - table[[1, 4]]).abs().max() <= table.abs().max() / (127 if fmt == "int8" else 2)
+    with pytest.raises(RuntimeError, match="not quantized"):  # not inside a compiled graph
+        torch.compile(type(fresh)(6, 9), backend="eager", fullgraph=True)(torch.tensor([1]))
     with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
         triton_embed.Embedding8bit(3, 4, dtype=torch.float64)
 

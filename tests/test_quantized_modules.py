@@ -110,9 +110,9 @@ def test_state_dict_round_trip(fmt, stable):
     assert all(torch.equal(a, b) for a, b in zip(_quantized_state(emb), _quantized_state(fresh)))
     ids = torch.tensor([[1, 2], [11, 0]])
     if fmt != "int8":
-        assert (fresh.quant_type, fresh.blocksize, fresh.dtype) == (fmt, 64, torch.bfloat16)
-    else:
-        fresh.to(torch.bfloat16)
+        assert (fresh.quant_type, fresh.blocksize) == (fmt, 64)  # the codes' format comes with them
+    assert fresh.dtype == torch.float32  # the output dtype stays the module's
+    fresh.to(torch.bfloat16)
     assert torch.equal(fresh(ids), emb(ids))
     assert sorted(fresh.state_dict()) == sorted(state)
 
@@ -246,3 +246,33 @@ def test_load_state_dict_pre_hooks_run():
     fresh._register_load_state_dict_pre_hook(lambda sd, prefix, *args: seen.append(sorted(sd)))
     fresh.load_state_dict(state)
     assert seen == [sorted(state)] and fresh.is_quantized
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_stable_norm_hooks_fire(fmt):
+    """A hook on ``norm`` makes the quantized StableEmbedding call it (bitsandbytes' graph), with the fused
+    result; another norm module is called too."""
+    emb = _make(fmt, stable=True).quantize()
+    ids = torch.tensor([[0, 5, 11]])
+    fused = emb(ids)
+    seen = []
+    handle = emb.norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    try:
+        torch.testing.assert_close(emb(ids), fused, rtol=1e-6, atol=1e-6)
+    finally:
+        handle.remove()
+    assert seen == [torch.float32]
+    emb.norm = torch.nn.Identity()
+    assert torch.equal(emb(ids), emb.dequantize()[ids])
+
+
+def test_4bit_checkpoints_bring_their_format_not_their_dtype():
+    saved = _make("fp4", dtype=torch.float32).quantize().state_dict()
+    nf4 = triton_embed.EmbeddingNF4(12, 65, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="quant_type='fp4'"):  # the shorthand class stands for nf4
+        nf4.load_state_dict(saved)
+    assert nf4.quant_type == "nf4" and not nf4.is_quantized
+    generic = triton_embed.Embedding4bit(12, 65, dtype=torch.bfloat16, quant_type="nf4", blocksize=128)
+    generic.load_state_dict(saved)
+    assert (generic.quant_type, generic.blocksize, generic.dtype) == ("fp4", 64, torch.bfloat16)
+    assert generic(torch.tensor([3])).dtype == torch.bfloat16

@@ -567,8 +567,48 @@ def test_bitsandbytes_differential(device, dtype):
 
 @pytest.mark.peer
 def test_bitsandbytes_optimizer_override_registered(device):
+    """The table gets 32-bit state from an 8-bit optimizer (a Linear as big gets 8-bit state), and the
+    registration does not keep the module alive."""
+    import gc
+    import weakref
+
     bnb = _bitsandbytes()
-    emb = triton_embed.StableEmbedding(8, 4, device=device)
+    emb = triton_embed.StableEmbedding(1000, 16, device=device)
     manager = bnb.optim.GlobalOptimManager.get_instance()
-    assert any(m is emb and name == "weight" and cfg == {"optim_bits": 32}
+    assert any(m.weight is emb.weight and name == "weight" and cfg == {"optim_bits": 32}
                for m, name, cfg in manager.module_weight_config_triple)
+    head = torch.nn.Linear(16, 1000, device=device)
+    optimizer = bnb.optim.Adam8bit([*emb.parameters(), *head.parameters()], lr=1e-3)
+    head(emb(torch.tensor([1, 2, 3], device=device))).sum().backward()
+    optimizer.step()
+    assert optimizer.state[emb.weight]["state1"].dtype == torch.float32
+    assert optimizer.state[head.weight]["state1"].dtype == torch.uint8
+    alive = weakref.ref(emb)
+    del emb, optimizer
+    gc.collect()
+    assert alive() is None
+    for module, name, _ in manager.module_weight_config_triple:  # the dead ones left: the others still answer
+        getattr(module, name)
+
+
+def test_norm_hooks_fire_and_other_norms_work(device):
+    """A hook on ``norm`` (activation capture, calibration) makes the module call its norm, as
+    bitsandbytes does; the result is the fused one. Another norm module (RMSNorm, Identity) is called too."""
+    ours, _ = make_modules(12, 8, torch.float32, device, 0, padding_idx=1)
+    ids = torch.tensor([[3, 1, 3], [11, 0, 5]], device=device)
+    fused = ours(ids)
+    seen = []
+    handle = ours.norm.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    try:
+        hooked = ours(ids)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2, 3, 8])]
+    torch.testing.assert_close(hooked, fused, rtol=1e-6, atol=1e-6)
+    for other in (torch.nn.RMSNorm(8, device=device), torch.nn.Identity()):
+        ours.norm = other
+        out = ours(ids)
+        torch.testing.assert_close(out, other(ours.weight[ids]))
+        out.sum().backward()
+        assert ours.weight.grad is not None
+        ours.weight.grad = None

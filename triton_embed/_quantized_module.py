@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from . import convert_quantized, quantize as formats
+from ._dispatch import fusable_layer_norm
 from ._validation import check_indices_dtype, check_same_device, normalize_padding_idx
 from .ops import quantized as _ops  # noqa: F401  (registers triton_embed::quantized_*)
 
@@ -68,9 +69,14 @@ class _QuantizedEmbedding(torch.nn.Embedding):
         return self
 
     def _state_or_raise(self) -> tuple[Tensor, Tensor, Tensor | None, int]:
+        """The quantized state; a table not quantized yet is quantized first, where it is (bitsandbytes
+        quantizes on any move to a device: a forward after ``.to("cpu")`` works there too)."""
         if not self.is_quantized:
-            raise RuntimeError(f"{type(self).__name__}: the table is not quantized yet; call .quantize() or move "
-                               "the module to a CUDA device (.cuda(), .to('cuda')) first")
+            if torch.compiler.is_compiling() or self.weight.is_meta:
+                raise RuntimeError(f"{type(self).__name__}: the table is not quantized yet; call .quantize() (or "
+                                   "move the module to a CUDA device) before compiling or tracing it")
+            with torch.inference_mode(False):  # codes usable outside an inference_mode block too
+                self.quantize()
         return self._state()
 
     def forward(self, input: Tensor) -> Tensor:
@@ -81,10 +87,13 @@ class _QuantizedEmbedding(torch.nn.Embedding):
             codes, scales, quant_map, input, self.num_embeddings, self.embedding_dim, blocksize, self.dtype)
 
     def _stable_forward(self, input: Tensor) -> Tensor:
+        norm = self.norm
+        if not fusable_layer_norm(norm, self.embedding_dim):  # another norm, or hooks on it: bitsandbytes' graph
+            rows = _QuantizedEmbedding.forward(self, input)
+            return norm(rows.to(torch.get_default_dtype())).to(self.dtype)
         codes, scales, quant_map, blocksize = self._state_or_raise()
         check_indices_dtype(input)
         check_same_device(input, codes)
-        norm = self.norm
         out, _, _ = torch.ops.triton_embed.quantized_stable_embedding(
             codes, scales, quant_map, input, norm.weight, norm.bias, self.num_embeddings, self.embedding_dim,
             blocksize, float(norm.eps), torch.get_default_dtype(), self.dtype)

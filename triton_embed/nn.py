@@ -1,10 +1,13 @@
 """Modules: drop-in replacements for ``bitsandbytes.nn.Embedding`` (a ``torch.nn.Embedding`` subclass)."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
 from . import functional
+from ._dispatch import fusable_layer_norm
 from ._validation import normalize_padding_idx
 
 
@@ -13,12 +16,26 @@ _PARALLEL_STYLE = "_triton_embed_parallel"
 
 
 def _register_32bit_optimizer_state(module: torch.nn.Module) -> None:
-    """As bitsandbytes does: keep 32-bit optimizer state for embedding weights when its 8-bit optimizers run."""
+    """As bitsandbytes does: keep 32-bit optimizer state for embedding weights when its 8-bit optimizers run.
+
+    bitsandbytes' manager keeps every registered module in a list for good, so a table would never be
+    freed; it gets a weak proxy instead, and the entry leaves the list when the module is collected."""
     try:
         from bitsandbytes.optim import GlobalOptimManager
     except Exception:  # bitsandbytes is optional; without it there is nothing to register with
         return
-    GlobalOptimManager.get_instance().register_module_override(module, "weight", {"optim_bits": 32})
+    manager = GlobalOptimManager.get_instance()
+    manager.register_module_override(weakref.proxy(module), "weight", {"optim_bits": 32})
+    entries = getattr(manager, "module_weight_config_triple", None)
+    if isinstance(entries, list) and entries:
+        weakref.finalize(module, _forget_entry, entries, entries[-1])
+
+
+def _forget_entry(entries: list, entry: tuple) -> None:
+    for i, other in enumerate(entries):
+        if other is entry:
+            del entries[i]
+            return
 
 
 class Embedding(torch.nn.Embedding):
@@ -142,6 +159,10 @@ class StableEmbedding(Embedding):
 
             return sharded_forward(self, input)
         norm = self.norm
+        if not fusable_layer_norm(norm, self.embedding_dim):  # another norm, or hooks on it: bitsandbytes' graph
+            rows = functional.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                                        self.scale_grad_by_freq, self.sparse, deterministic=self.deterministic)
+            return norm(rows.to(torch.get_default_dtype())).to(self.weight.dtype)
         return functional.stable_embedding(
             input, self.weight, norm.weight, norm.bias, self.padding_idx, self.max_norm, self.norm_type,
             self.scale_grad_by_freq, self.sparse, norm.eps, deterministic=self.deterministic,

@@ -120,6 +120,8 @@ class Embedding4bit(_QuantizedEmbedding):
     """
 
     _SCALES = ("absmax", "quant_map")
+    #: The quant type a shorthand class stands for (None: any, taken from a checkpoint).
+    _FIXED_QUANT_TYPE: str | None = None
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype | None = None,
                  quant_type: str = "fp4", quant_storage: torch.dtype = torch.uint8, device=None, *,
@@ -192,8 +194,14 @@ class Embedding4bit(_QuantizedEmbedding):
             error_msgs.append(f"{prefix}: the 4-bit state ({record}, {packed.numel()} bytes, absmax "
                               f"{tuple(absmax.shape)}) does not fit a {shape} table")
             return None
-        formats.check_table_dtype(record["dtype"])
-        self.quant_type, self.blocksize, self.dtype = record["quant_type"], blocksize, record["dtype"]
+        if self._FIXED_QUANT_TYPE not in (None, record["quant_type"]):
+            error_msgs.append(f"{prefix}: the checkpoint holds {record['quant_type']} codes; a {type(self).__name__} "
+                              f"holds {self._FIXED_QUANT_TYPE} (load it into Embedding4bit(..., "
+                              f"quant_type={record['quant_type']!r}))")
+            return None
+        # The codes mean something only in their own format, which the module takes from the checkpoint; the
+        # output dtype stays the module's, as Embedding8bit's does (bitsandbytes casts to the module's dtype).
+        self.quant_type, self.blocksize = record["quant_type"], blocksize
         self.quant_storage = weight.dtype
         self._set_quantized(packed.to(device, copy=True), absmax.detach().to(device, torch.float32, copy=True),
                             quant_map.detach().to(device, torch.float32, copy=True))
@@ -208,6 +216,8 @@ class EmbeddingNF4(Embedding4bit):
     'nf4'
     """
 
+    _FIXED_QUANT_TYPE = "nf4"
+
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype | None = None,
                  quant_storage: torch.dtype = torch.uint8, device=None, **options) -> None:
         super().__init__(num_embeddings, embedding_dim, dtype, "nf4", quant_storage, device, **options)
@@ -220,6 +230,8 @@ class EmbeddingFP4(Embedding4bit):
     >>> triton_embed.EmbeddingFP4(8, 4).quant_type
     'fp4'
     """
+
+    _FIXED_QUANT_TYPE = "fp4"
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype: torch.dtype | None = None,
                  quant_storage: torch.dtype = torch.uint8, device=None, **options) -> None:
