@@ -158,8 +158,8 @@ def layer_norm(
     if not shape:
         raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
                            "element, but got normalized_shape = []")
-    if not input.dtype.is_floating_point:
-        raise RuntimeError(f"layer_norm expects a floating input, got {input.dtype}")
+    if not input.dtype.is_floating_point:  # NotImplementedError (a RuntimeError), as PyTorch raises
+        raise NotImplementedError(f"layer_norm expects a floating input, got {input.dtype}")
     if input.dim() < len(shape) or tuple(input.shape[input.dim() - len(shape):]) != shape:
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape [*, {', '.join(map(str, shape))}], "
