@@ -13,12 +13,13 @@ back. (With a bf16/fp16 table bitsandbytes' cast rounds each token's dx before t
 After a stable sort of the ids and ``embedding_bwd_pieces_kernel`` with EVERY_RUN (S of runs that cross
 chunks of SEG sorted positions, in per-chunk pieces), one launch of ``stable_embedding_runs_kernel``:
 
-- programs below ``row_programs`` write zeros into every row that no usable id names (the padding row
-  included), BLOCK_V rows each (``embedding_backward._gradient_rows``);
-- program ``row_programs + c`` takes the runs that start in chunk c: S in the fixed order of
+- program c < C takes the runs that start in chunk c: S in the fixed order of
   ``embedding_backward.py``, the row's LayerNorm backward, the row written once (÷ the count with
   SCALE_BY_FREQ; nothing for the padding row or an id outside [0, V), whose row reads as zeros), and the
-  chunk's dγ/dβ partial row, its runs in sorted order.
+  chunk's dγ/dβ partial row, its runs in sorted order;
+- programs from C on write zeros into every row that no usable id names (the padding row included),
+  BLOCK_V rows each (``embedding_backward._gradient_rows``). The latency-bound run programs come first, so
+  that the GPU starts them early and the bandwidth-bound zeroing hides them.
 
 ``layer_norm_param_grad_kernel`` then sums the partial rows in chunk order. Every sum's order is a function
 of the ids alone (the launcher also turns off FMA contraction): the same bits for every config.
@@ -129,7 +130,7 @@ def stable_embedding_runs_kernel(
     D,  # embedding dim, at most BLOCK_D
     V,  # rows in the table
     padding_idx,  # -1 for none
-    row_programs,  # programs below this zero BLOCK_V rows each; program row_programs + c takes chunk c
+    run_programs,  # C: program c < C takes chunk c; program C + i zeroes rows [i * BLOCK_V, (i + 1) * BLOCK_V)
     stride_wv,
     stride_wd,
     stride_gn,
@@ -144,15 +145,15 @@ def stable_embedding_runs_kernel(
     ZERO_BLOCK_D: tl.constexpr,  # columns per store of the zeroing programs
     BLOCK_D: tl.constexpr,  # a whole row: the next power of two of D
 ):
-    """Every row of the weight gradient, written once: zeros by the first ``row_programs`` programs, the
-    rows of the ids that occur by the others (one chunk of sorted positions each), with dγ/dβ partials."""
+    """Every row of the weight gradient, written once: the rows of the ids that occur by the first
+    ``run_programs`` programs (one chunk of sorted positions each, with dγ/dβ partials), zeros by the others."""
     pid = tl.program_id(0)
-    if pid < row_programs:
-        _gradient_rows(grad_ptr, sorted_ids_ptr, order_ptr, head_ptr, tail_ptr, out_ptr, N, D, V, padding_idx,
-                       tl.cast(pid, tl.int64) * BLOCK_V, stride_gn, stride_gd, stride_ov, stride_od,
-                       False, ACC_DTYPE, False, BLOCK_V, ZERO_BLOCK_D)
-    else:
+    if pid < run_programs:
         _runs_of_chunk(weight_ptr, grad_ptr, sorted_ids_ptr, order_ptr, head_ptr, tail_ptr, gamma_ptr, mean_ptr,
-                       rstd_ptr, out_ptr, partial_w_ptr, partial_b_ptr, pid - row_programs, N, D, V, padding_idx,
+                       rstd_ptr, out_ptr, partial_w_ptr, partial_b_ptr, pid, N, D, V, padding_idx,
                        stride_wv, stride_wd, stride_gn, stride_gd, stride_g, stride_ov, stride_od,
                        SCALE_BY_FREQ, HAS_WEIGHT, ACC_DTYPE, BLOCK_D)
+    else:
+        _gradient_rows(grad_ptr, sorted_ids_ptr, order_ptr, head_ptr, tail_ptr, out_ptr, N, D, V, padding_idx,
+                       tl.cast(pid - run_programs, tl.int64) * BLOCK_V, stride_gn, stride_gd, stride_ov, stride_od,
+                       False, ACC_DTYPE, False, BLOCK_V, ZERO_BLOCK_D)

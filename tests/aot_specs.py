@@ -482,7 +482,7 @@ def _runs_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
 
 def _stable_runs(c):
     # ops/stable_embedding_runs.py: (weight, grad_2d, sorted_ids, order, head, tail, gamma|weight, mean, rstd,
-    #   out, partial_w, partial_b, N, D, V, padding_idx, row_programs, weight strides, grad strides,
+    #   out, partial_w, partial_b, N, D, V, padding_idx, run_programs, weight strides, grad strides,
     #   stride_g|0, out strides, SCALE_BY_FREQ, HAS_WEIGHT, ACC_DTYPE, BLOCK_V, ZERO_BLOCK_D, BLOCK_D)
     w, idx = c["w"], c["idx"]
     acc = acc_dtype(w)
@@ -490,7 +490,7 @@ def _stable_runs(c):
     types = {"weight_ptr": f"*{w}", "grad_ptr": f"*{w}", "sorted_ids_ptr": f"*{idx}", "order_ptr": "*i64",
              "head_ptr": f"*{acc}", "tail_ptr": f"*{acc}", "gamma_ptr": f"*{g_ty}", "mean_ptr": f"*{acc}",
              "rstd_ptr": f"*{acc}", "out_ptr": f"*{w}", "partial_w_ptr": f"*{acc}", "partial_b_ptr": f"*{acc}",
-             "N": "i32", "D": "i32", "V": "i32", "padding_idx": "i32", "row_programs": "i32",
+             "N": "i32", "D": "i32", "V": "i32", "padding_idx": "i32", "run_programs": "i32",
              "stride_wv": "i32", "stride_gn": "i32", "stride_ov": "i32"}
     const = {"stride_wd": 1, "stride_gd": 1, "stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"],
              "HAS_WEIGHT": c["HAS_WEIGHT"], "ACC_DTYPE": _TL[acc]}

@@ -70,10 +70,10 @@ def dense_backward(
 
     def launch(config: tuning.Config) -> None:
         meta, options = runs_tile(config, dim, wide)
-        row_programs = triton.cdiv(num_rows, meta["BLOCK_V"])
-        stable_embedding_runs_kernel[(row_programs + num_chunks,)](
+        zero_programs = triton.cdiv(num_rows, meta["BLOCK_V"])
+        stable_embedding_runs_kernel[(num_chunks + zero_programs,)](
             weight, grad_2d, ids, order, head, tail, gamma, mean, rstd, out, partial_w, partial_b,
-            num_tokens, dim, num_rows, padding_idx, row_programs,
+            num_tokens, dim, num_rows, padding_idx, num_chunks,
             weight.stride(0), weight.stride(1), grad_2d.stride(0), grad_2d.stride(1), stride_g,
             out.stride(0), out.stride(1),
             SCALE_BY_FREQ=scale_grad_by_freq, HAS_WEIGHT=norm_weight is not None, ACC_DTYPE=tl_dtype(acc),
