@@ -55,12 +55,15 @@ def _load_vector(ptr, cols, stride, col_mask, ACC_DTYPE: tl.constexpr):
 def _rstd(var, eps, ACC_DTYPE: tl.constexpr):
     """1 / sqrt(var + eps), ``eps`` in ACC_DTYPE: the hardware reciprocal square root in float32 (as
     PyTorch's CUDA LayerNorm; no subroutine call, so no call-clobbered registers to spill), IEEE sqrt and
-    division in float64."""
+    division in float64. A variance that overflowed (a row with elements beyond ~1e19 in float32) gives NaN,
+    as PyTorch's CPU LayerNorm does, not 0: the row would otherwise come out as β, finite and wrong."""
+    shifted = var + eps
     if ACC_DTYPE == tl.float64:
-        rstd = 1.0 / tl.sqrt(var + eps)
+        rstd = 1.0 / tl.sqrt(shifted)
     else:
-        rstd = tl.math.rsqrt(var + eps)
-    return rstd
+        rstd = tl.math.rsqrt(shifted)
+    overflow = shifted * 0.0  # NaN exactly where the variance is inf (or NaN already)
+    return tl.where(overflow != overflow, overflow, rstd)
 
 
 @triton.jit

@@ -63,8 +63,9 @@ class CollectiveCounter:
 def _local_slice(full: torch.Tensor, layout, rank: int, world: int) -> torch.Tensor:
     from torch.distributed.tensor import Shard
 
-    if isinstance(layout, Shard):
-        return full.chunk(world, dim=layout.dim)[rank]
+    if isinstance(layout, Shard):  # torch.chunk's split, as DTensor's: trailing ranks may get nothing
+        chunks = full.chunk(world, dim=layout.dim)
+        return chunks[rank] if rank < len(chunks) else full.narrow(layout.dim, 0, 0)
     return full
 
 
@@ -74,10 +75,10 @@ def _reference_module(cls, vocab, dim, options):
     return ref_cls(vocab, dim, **options)
 
 
-def _case(mesh, rank, world, cls, style, output, vocab, options, expect):
+def _case(mesh, rank, world, cls, style, output, vocab, options, expect, dim=8):
     from torch.distributed.tensor import Replicate, Shard
 
-    dim, shape = 8, (2, 2 * world)
+    shape = (2, 2 * world)
     torch.manual_seed(0)
     ours = cls(vocab, dim, **options)
     ref = _reference_module(cls, vocab, dim, options)
@@ -100,7 +101,7 @@ def _case(mesh, rank, world, cls, style, output, vocab, options, expect):
     backward = dict(comms.counts - Counter(forward))
     expected = ref(ids)
     expected.backward(grad)
-    label = f"{cls.__name__} {style.__name__} out={output} V={vocab} {options}"
+    label = f"{cls.__name__} {style.__name__} out={output} V={vocab} D={dim} {options}"
     tol = {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(out, _local_slice(expected.detach(), layout, rank, world), **tol, msg=label)
     for (name, mine), (_, truth) in zip(tp.named_parameters(), ref.named_parameters()):
@@ -132,6 +133,13 @@ def tensor_parallel(rank: int, world: int, store: str) -> None:
     ]
     for cls, style, output, vocab, options, expect in cases:
         _case(mesh, rank, world, cls, style, output, vocab, options, expect)
+    # An embedding dim the ranks do not divide (slices of unequal width; one rank's empty when D < ranks),
+    # with a replicated output too (an all-gather of the unequal slices).
+    from torch.distributed.tensor import Replicate
+
+    for cls, output, dim, expect in ((E, Replicate(), 7, (none, none)), (S, None, 7, ({ar: 1}, {ar: 1})),
+                                     (S, Replicate(), 1, ({ar: 1}, {ar: 1}))):
+        _case(mesh, rank, world, cls, ColwiseParallel, output, 13, {"padding_idx": 3}, expect, dim=dim)
     # ColwiseParallel cannot renorm (a norm spans the shards): a clear error, not a wrong answer.
     from torch.distributed.tensor.parallel import parallelize_module
 

@@ -78,6 +78,18 @@ def test_with_the_check_off_bad_ids_read_nothing(device, table):
     triton_embed.check_errors()  # switching modes cleared what the kernels noted
 
 
+def test_with_the_check_off_the_reference_path_leaves_the_table(table):
+    """The reference path raises PyTorch's IndexError at the lookup even with the check off; the renorm
+    before it must not have changed the table (a call that met a bad id changes nothing)."""
+    triton_embed.set_index_check("off")
+    try:
+        with triton_embed.use_backend("reference"):
+            unchanged_after(table, lambda: functional.embedding(torch.tensor([1, 10]), table, max_norm=0.01),
+                            IndexError, "out of range")
+    finally:
+        triton_embed.set_index_check(True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool, torch.int16, torch.uint8])
 def test_non_integer_id_tensors_raise(device, table, dtype):
     ids = torch.tensor([1, 2], device=device).to(dtype)

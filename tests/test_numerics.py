@@ -137,6 +137,23 @@ def test_stable_embedding_of_a_constant_row_is_zero(device):
     assert torch.equal(out, torch.zeros_like(out)), out
 
 
+@pytest.mark.parametrize("dim", [4, 100])  # one-block and streamed rows
+def test_a_variance_that_overflows_gives_nan_not_beta(device, dim):
+    """A float32 row with an element near 1e38: its variance overflows. PyTorch's CPU LayerNorm gives NaN;
+    so must the kernels (rstd = 0 would return β alone: finite, plausible and wrong), and the backward."""
+    x = torch.linspace(-1, 1, dim, device=device).repeat(2, 1)
+    x[0, 1] = 1e38
+    beta = torch.full((dim,), 0.5, device=device)
+    y = functional.layer_norm(x, dim, torch.ones(dim, device=device), beta)
+    assert y[0].isnan().all()
+    torch.testing.assert_close(y[1], F.layer_norm(x[1:], (dim,), bias=beta)[0])
+    table = x.clone().requires_grad_()
+    out = functional.stable_embedding(torch.tensor([0, 1], device=device), table, None, None)
+    out.sum().backward()
+    assert out[0].isnan().all() and table.grad[0].isnan().all()
+    assert not out[1].isnan().any() and not table.grad[1].isnan().any()
+
+
 @pytest.mark.parametrize("norm_type", [math.inf, -math.inf, 2.0, 1.0, 0.0, 3.0])
 def test_renorm_of_a_row_with_nan_does_what_pytorch_does(device, norm_type):
     """A NaN makes PyTorch's norm NaN (no rescale) except for p = 0, which counts it as non-zero."""

@@ -129,6 +129,9 @@ def embedding_renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_typ
         errors.after_call(weight.device)
     else:
         check_index_bounds(indices, weight.shape[0])
+        flat = indices.reshape(-1)
+        if flat.numel() and not bool(((flat >= 0) & (flat < weight.shape[0])).all()):
+            return  # with the check off: a call that met a bad id changes nothing (its lookup raises, as PyTorch's)
         reference.embedding_renorm_(weight, indices, max_norm, norm_type)
 
 

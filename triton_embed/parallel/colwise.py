@@ -8,6 +8,7 @@ row sums of x̂·γ·dy and γ·dy) and then accumulates its slice of the table'
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -55,7 +56,9 @@ class _SlicedNorm(torch.autograd.Function):
         dist.all_reduce(sums, group=group)
         c1, c2 = (sums[..., 0] / dim).to(x.dtype), (sums[..., 1] / dim).to(x.dtype)
         dx = (wdy - (xhat * c1.unsqueeze(-1) + c2.unsqueeze(-1))) * rstd.unsqueeze(-1)
-        flat_dy, flat_xhat = dy.reshape(-1, dy.shape[-1]), xhat.reshape(-1, xhat.shape[-1])
+        # Explicit row counts: a rank may hold no column at all (D < ranks), and reshape(-1, 0) is ambiguous.
+        tokens = math.prod(dy.shape[:-1])
+        flat_dy, flat_xhat = dy.reshape(tokens, dy.shape[-1]), xhat.reshape(tokens, xhat.shape[-1])
         d_gamma = (flat_dy * flat_xhat).sum(0).to(gamma.dtype) if gamma is not None else None
         d_beta = flat_dy.sum(0).to(beta.dtype) if beta is not None else None
         return _round(dx, compute_dtype, rows.dtype), d_gamma, d_beta, None, None, None, None
@@ -81,7 +84,18 @@ def colwise_forward(module, ids: Tensor) -> DTensor:
     if norm is not None:
         rows = _SlicedNorm.apply(rows, _local(norm.weight), _local(norm.bias), float(norm.eps), weight.shape[1],
                                  torch.get_default_dtype(), mesh.get_group())
-    return DTensor.from_local(rows, mesh, [Shard(rows.dim() - 1)], run_check=False)
+    # The global shape, given: with D % ranks != 0 the slices differ in width, which from_local cannot infer.
+    shape = (*rows.shape[:-1], weight.shape[1])
+    return DTensor.from_local(rows, mesh, [Shard(rows.dim() - 1)], run_check=False, shape=shape,
+                              stride=_contiguous_strides(shape))
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 __all__ = ["colwise_forward"]
