@@ -51,3 +51,17 @@ def test_every_imported_third_party_module_is_declared():
                     assert module not in top, f"{path}: optional peer {module} imported at module level"
                     continue
                 assert DISTRIBUTION.get(module, module) in declared, f"{path} imports undeclared {module}"
+
+
+def test_every_package_folder_is_installed():
+    """A wheel (``pip install .``, not only ``-e``) holds exactly the folders listed in pyproject.toml:
+    each folder with an ``__init__.py`` under the package dirs must be listed, under its installed name."""
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    folder_of = {name: Path(path) for name, path in tool["package-dir"].items()}
+    found = set()
+    for name, folder in folder_of.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(REPO / folder)
+            found.add(".".join((name, *relative.parts)))
+    assert found <= listed, f"package folders not installed by a wheel: {sorted(found - listed)}"
