@@ -14,9 +14,9 @@ One job per file:
 - ``tune``: autotuning of every kernel config and the per-GPU cache write;
 - ``rounds``: interleaved timing rounds and their statistics;
 - ``timing``: the timers, the copy-bandwidth ceiling, peak memory, deadlines, SIGTERM;
-- ``check``: errors against a float64 oracle, DESIGN.md §4's tolerance rule;
+- ``check``: errors against a float64 oracle, the tolerance rule;
 - ``runner``: one case measured across implementations;
 - ``benchmark``: the cases in turn within a time budget, and the report files;
-- ``summary``: DESIGN.md §5's targets, met or missed;
+- ``summary``: the performance targets (README), met or missed;
 - ``report`` / ``plot``: the terminal table, results.json / .csv, report.md, plot.png.
 """

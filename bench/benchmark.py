@@ -160,11 +160,12 @@ def progress(result: CaseResult, gpu: bool) -> str:
 
 
 def build_payload(command: list[str], env: dict[str, Any], method: dict[str, Any], outcome: Outcome,
-                  tuned: dict[str, tuning.Config], host_syncs: int | None = None) -> dict[str, Any]:
-    """results.json's content from what was measured so far."""
+                  tuned: dict[str, tuning.Config], host_syncs: int | None = None,
+                  complete: bool = True) -> dict[str, Any]:
+    """results.json's content from what was measured so far (``complete``: the run was not cut short)."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return report.payload(command, env, method, outcome.copy, config_report(tuned), outcome.notes,
-                          outcome.skipped, outcome.rows, outcome.failures, created, host_syncs)
+                          outcome.skipped, outcome.rows, outcome.failures, created, host_syncs, complete)
 
 
 def write_reports(out: Path, data: dict[str, Any], rows: list[Row], name: str, say: Say,

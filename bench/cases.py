@@ -4,7 +4,7 @@ Ops: ``embedding`` (lookup), ``stable`` (StableEmbedding: lookup → LayerNorm),
 (``functional.layer_norm`` of an N×D input; no table, no ids) and ``renorm`` (lookup with ``max_norm``: the
 in-place renorm of the referenced rows, then the lookup; forward only, its backward is the embedding's).
 
-Defaults on a GPU, from DESIGN.md §5 (LM shapes). The full cross product of vocab × dim × tokens × dist
+Defaults on a GPU, the LM shapes of the performance targets (README). The full cross product of vocab × dim × tokens × dist
 × dtype is too large for a routine run; the default pairs each vocab with one dim, as real models do, so
 that every vocab and every dim of §5 appears once:
 
@@ -127,7 +127,15 @@ def shapes(
     if not gpu and not (vocabs or dims or tokens):
         return list(QUICK_CPU_SHAPES if quick else CPU_SHAPES)
     if vocabs or dims:
-        pairs = list(itertools.product(vocabs or LM_VOCABS, dims or LM_DIMS))
+        # A list not given takes the defaults of this machine and mode (a CPU or --quick run: its one shape).
+        if gpu and not quick:
+            default_vocabs, default_dims = LM_VOCABS, LM_DIMS
+        elif gpu:
+            default_vocabs, default_dims = [v for v, _ in QUICK_GPU_PAIRS], [d for _, d in QUICK_GPU_PAIRS]
+        else:
+            shape = (QUICK_CPU_SHAPES if quick else CPU_SHAPES)[0]
+            default_vocabs, default_dims = [shape[0]], [shape[1]]
+        pairs = list(itertools.product(vocabs or default_vocabs, dims or default_dims))
     elif gpu:
         pairs = list(QUICK_GPU_PAIRS if quick else LM_PAIRS)
     else:
@@ -186,6 +194,10 @@ def validate_cases(gpu: bool, quick: bool) -> tuple[list[Case], list[Case]]:
     return cases, subset
 
 
+#: The most categories torch.multinomial takes.
+MULTINOMIAL_MAX = 2**24
+
+
 def make_ids(case: Case, generator: torch.Generator) -> torch.Tensor:
     """``case.tokens`` ids in ``[0, vocab)`` on the CPU.
 
@@ -196,9 +208,52 @@ def make_ids(case: Case, generator: torch.Generator) -> torch.Tensor:
         return torch.randint(0, case.vocab, (case.tokens,), generator=generator, dtype=INDEX_DTYPE)
     ranks = torch.arange(1, case.vocab + 1, dtype=torch.float64)
     probs = ranks.pow(-ZIPF_EXPONENT)
-    drawn = torch.multinomial(probs, case.tokens, replacement=True, generator=generator)
+    if case.vocab <= MULTINOMIAL_MAX:
+        drawn = torch.multinomial(probs, case.tokens, replacement=True, generator=generator)
+    else:  # torch.multinomial takes at most 2**24 categories: invert the cumulative distribution instead
+        cdf = probs.cumsum(0)
+        uniform = torch.rand(case.tokens, generator=generator, dtype=torch.float64) * cdf[-1]
+        drawn = torch.searchsorted(cdf, uniform).clamp_(max=case.vocab - 1)
     rows = torch.randperm(case.vocab, generator=generator)
     return rows[drawn].to(INDEX_DTYPE)
+
+
+def case_bytes(case: Case) -> int:
+    """A generous estimate of the memory one case needs at its peak: the table and the output gradient in
+    their dtype, their float64 copies and gradients for the oracle, and the outputs of a few implementations."""
+    element = torch.empty((), dtype=case.torch_dtype).element_size()
+    table = case.vocab * case.dim
+    rows = case.tokens * case.dim
+    return table * (3 * element + 2 * 8) + rows * (6 * element + 4 * 8) + case.vocab * 8
+
+
+#: Without a GPU the kernels run under Triton's interpreter (numpy, element by element in places): tables
+#: and token rows up to this many elements, and rows up to INTERPRETER_MAX_DIM wide, finish in minutes.
+INTERPRETER_MAX_ELEMENTS = 2**22
+INTERPRETER_MAX_DIM = 8192
+
+
+def memory_problem(selected: list[Case], device: torch.device) -> str | None:
+    """Why the largest case cannot run here (None when it can): said before any work. Under the interpreter
+    (no GPU) shapes are kept interpreter-sized; elsewhere the estimate must fit the device's memory."""
+    if device.type != "cuda":
+        for case in selected:
+            if max(case.vocab, case.tokens) * case.dim > INTERPRETER_MAX_ELEMENTS or case.dim > INTERPRETER_MAX_DIM:
+                return (f"{case.label()} is too large for the Triton interpreter (no GPU here): keep vocab x dim and "
+                        f"tokens x dim within {INTERPRETER_MAX_ELEMENTS} elements and dim within "
+                        f"{INTERPRETER_MAX_DIM}")
+    largest = max(selected, key=case_bytes)
+    need = case_bytes(largest)
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[1], "this GPU has"
+    else:
+        import os
+
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine has"
+    if need <= have:
+        return None
+    return (f"the largest case ({largest.label()}) needs about {need / 2**30:.1f} GiB; {where} "
+            f"{have / 2**30:.1f} GiB: choose smaller --vocab/--dim/--tokens")
 
 
 def id_stats(ids: torch.Tensor) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Correctness against a float64 oracle, with DESIGN.md §4's tolerance rule.
+"""Correctness against a float64 oracle, with the tolerance rule (README, Tests).
 
 A gather (the embedding forward) must equal the reference bit for bit. Everything else (weight gradients,
 LayerNorm outputs and their gradients, renormed rows) may differ from the float64 oracle by at most 4× what

@@ -34,7 +34,7 @@ CPU_NOTE = (
 INDEX_CHECK_MODES = ("deferred", "sync", "off")
 #: Default --time-budget of --validate: with start-up and the final writes it stays within 8 minutes.
 VALIDATE_BUDGET_S = 420.0
-_VALIDATE_EXCLUDES = ("vocab", "dim", "tokens", "dtype", "dist", "ops", "tune_only", "no_check")
+_VALIDATE_EXCLUDES = ("vocab", "dim", "tokens", "dtype", "dist", "ops", "pass_", "tune_only", "no_check")
 
 
 def positive_int(text: str) -> int:
@@ -57,6 +57,13 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return value
+
+
+def out_dir(text: str) -> Path:
+    """argparse type: a folder path (an empty one would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder path (use . for the current folder)")
+    return Path(text)
 
 
 def check_out_dir(out: Path) -> str | None:
@@ -93,12 +100,12 @@ def parser() -> argparse.ArgumentParser:
                    help="token-id distributions (default zipf uniform; zipf only with --quick or without a GPU)")
     p.add_argument("--ops", nargs="+", choices=list(cases_mod.OPS),
                    help="ops to measure (default all: embedding stable layer_norm renorm)")
-    p.add_argument("--pass", dest="pass_", choices=list(PASSES), default="both",
+    p.add_argument("--pass", dest="pass_", choices=list(PASSES),
                    help="forward; backward (backward alone and forward+backward); both (default)")
-    p.add_argument("--peers", nargs="*", choices=impls.PEERS,
+    p.add_argument("--peers", nargs="+", choices=impls.PEERS,
                    help="peers to compare with (default on a GPU: reference bitsandbytes compile liger, and "
                    "compile-max too with --validate; on the CPU: reference bitsandbytes)")
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="results folder (default ./bench_out)")
+    p.add_argument("--out", type=out_dir, default=Path("bench_out"), help="results folder (default ./bench_out)")
     p.add_argument("--name", help="also write <out>/<NAME>.json and <NAME>.md (default on a GPU: the GPU name "
                    "slug, e.g. nvidia-h100-80gb-hbm3, to commit as bench/results/<slug>.*; '' turns it off)")
     p.add_argument("--tune-only", action="store_true", help="autotune and write the cache, no benchmark")
@@ -114,8 +121,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"stop starting cases when this many seconds have passed (default: none; "
                    f"{VALIDATE_BUDGET_S:.0f} with --validate)")
     p.add_argument("--validate", action="store_true",
-                   help="environment, correctness sweep, tuning, benchmark at the LM shapes and the DESIGN.md §5 "
-                   "summary, into --out (validate.json written stage by stage); exit 1 on any mismatch")
+                   help="environment, correctness sweep, tuning, benchmark at the LM shapes and the "
+                   "performance-target summary, into --out (validate.json written stage by stage); exit 1 on any "
+                   "mismatch")
     return p
 
 
@@ -161,9 +169,10 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     if args.name and (Path(args.name).name != args.name or args.name in (".", "..")):
         cli.error(f"--name must be a plain file name (no folders), got {args.name!r}")
     if args.validate:
-        given = [f"--{name.replace('_', '-')}" for name in _VALIDATE_EXCLUDES if getattr(args, name)]
+        given = [f"--{name.strip('_').replace('_', '-')}" for name in _VALIDATE_EXCLUDES if getattr(args, name)]
         if given:
             cli.error(f"--validate runs its own shapes and checks: {' '.join(given)} cannot go with it")
+    args.pass_ = args.pass_ or "both"
     if not args.tune_only:
         problem = check_out_dir(args.out)
         if problem:
@@ -174,18 +183,24 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
         return 2
     restore = raise_on_term()
     threads = torch.get_num_threads()
+    backend = triton_embed.get_backend()
+    if backend != "auto":  # the figures and checks are the kernels': run them whatever the setting says
+        say(f"note: the backend is set to {backend!r} (TRITON_EMBED_BACKEND or set_backend); the benchmark "
+            "measures and checks the Triton kernels, so it runs with 'auto'")
+        triton_embed.set_backend("auto")
     try:
         if args.validate:
             from .validate import run_validate
 
             return run_validate(args, argv, gpu)
         return _run(args, argv, gpu)
-    except Interrupted:
-        say("interrupted (SIGTERM): the results written so far are kept")
-        return 143
+    except Interrupted as stop:
+        say(f"interrupted ({stop.name}): the results written so far are kept, marked incomplete")
+        return stop.exit_code
     finally:
         restore()
         torch.set_num_threads(threads)
+        triton_embed.set_backend(backend)
 
 
 def default_peers(args: argparse.Namespace, gpu: bool, validate: bool = False) -> list[str]:
@@ -220,6 +235,10 @@ def _run(args: argparse.Namespace, argv: list[str], gpu: bool) -> int:
     if not selected:
         say("nothing to run")
         return 0
+    too_big = cases_mod.memory_problem(selected, device)
+    if too_big:
+        say(f"error: {too_big}")
+        return 2
     deadline = Deadline(args.time_budget)
     tuned: dict[str, tuning.Config] = {}
     if gpu and not args.no_tune:
@@ -244,14 +263,16 @@ def _run(args: argparse.Namespace, argv: list[str], gpu: bool) -> int:
     name = args.name if args.name is not None else (report.slug(env["gpu"]) if gpu else "")
     tuning.forget_choices()  # from here on, chosen_configs() is what the measured launches used
 
-    def partial(done: benchmark.Outcome) -> None:
-        benchmark.write_reports(args.out, benchmark.build_payload(command, env, method, done, tuned), done.rows,
-                                "", say, draw=False)
+    def partial(done: benchmark.Outcome) -> None:  # after each case: not complete until the last
+        benchmark.write_reports(args.out, benchmark.build_payload(command, env, method, done, tuned, complete=False),
+                                done.rows, "", say, draw=False)
 
+    complete = False
     try:
         benchmark.run(plan, timer, gpu, outcome, say, on_case=partial)
-    finally:  # also when interrupted: what was measured is written
-        data = benchmark.build_payload(command, env, method, outcome, tuned)
+        complete = True
+    finally:  # also when interrupted: what was measured is written, marked incomplete
+        data = benchmark.build_payload(command, env, method, outcome, tuned, complete=complete)
         written = benchmark.write_reports(args.out, data, outcome.rows, name, say)
     say("")
     say(report.format_table(outcome.rows))
@@ -263,6 +284,11 @@ def _run(args: argparse.Namespace, argv: list[str], gpu: bool) -> int:
     say(format_summary(data["targets"]))
     say(f"wrote {', '.join(written)} in {args.out}")
     failures = outcome.failures
-    say(f"done in {time.perf_counter() - started:.1f} s: "
-        + ("every kernel matched the reference" if not failures else f"{len(failures)} mismatches (exit 1)"))
+    if failures:
+        verdict = f"{len(failures)} mismatches (exit 1)"
+    elif not data["checked"]:
+        verdict = "no triton_embed result was checked (" + ("--no-check" if args.no_check else "no case ran") + ")"
+    else:
+        verdict = f"every checked triton_embed result ({data['checked']} rows) matched the reference"
+    say(f"done in {time.perf_counter() - started:.1f} s: {verdict}")
     return 1 if failures else 0

@@ -26,7 +26,8 @@ SCHEMA_VERSION = 2
 #: Top-level keys of results.json.
 JSON_KEYS = (
     "schema", "created", "command", "environment", "methodology", "copy_bandwidth_gbps", "copy_bytes",
-    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "targets", "failures", "ok",
+    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "targets", "failures", "checked",
+    "complete", "ok",
 )
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -65,6 +66,9 @@ def environment(mode: str, device: torch.device, index_check: str) -> dict[str, 
         "python": platform.python_version(),
         "platform": platform.platform(),
         "index_check": index_check,
+        # The benchmark runs with "auto" whatever this says (it measures the kernels); recorded as set.
+        "backend_env": os.environ.get("TRITON_EMBED_BACKEND"),
+        "backend": triton_embed.get_backend(),
     }
 
 
@@ -128,9 +132,10 @@ def config_lines(configs: dict[str, dict[str, Any]]) -> list[str]:
 def payload(
     command: list[str], env: dict[str, Any], methodology: dict[str, Any], copy: tuple[float, int],
     configs: dict[str, dict[str, Any]], notes: list[str], skipped: list[str], rows: list[Row],
-    failures: list[str], created: str, host_syncs: int | None = None,
+    failures: list[str], created: str, host_syncs: int | None = None, complete: bool = True,
 ) -> dict[str, Any]:
-    """Everything results.json holds."""
+    """Everything results.json holds. ``checked``: triton_embed rows compared with the oracle; ``complete``:
+    the run was not cut short; ``ok``: complete and no mismatch."""
     row_dicts = [r.as_dict() for r in rows]
     data = {
         "schema": SCHEMA_VERSION,
@@ -154,7 +159,9 @@ def payload(
         "rows": row_dicts,
         "targets": summary.evaluate(row_dicts, env["mode"] == "gpu", host_syncs),
         "failures": failures,
-        "ok": not failures,
+        "checked": sum(1 for r in rows if r.impl == OURS and r.ok is not None),
+        "complete": complete,
+        "ok": not failures and complete,
     }
     assert tuple(data) == JSON_KEYS
     return data
@@ -194,6 +201,8 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
     env, method = data["environment"], data["methodology"]
     where = env["gpu"] or "CPU (Triton interpreter)"
     out = [f"# triton_embed benchmark — {where}", ""]
+    if not data["complete"]:
+        out += ["**Interrupted: the run was cut short; the figures below are the cases finished before.**", ""]
     out.append(
         f"torch {env['torch']}, triton {env['triton']}, triton_embed {env['triton_embed']}, CUDA {env['cuda']}, "
         f"bitsandbytes {env['bitsandbytes'] or 'not installed'}, liger-kernel {env['liger_kernel'] or 'not installed'}; "
@@ -204,7 +213,7 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
         f"**Copy bandwidth** (`dst.copy_(src)`, {data['copy_bytes'] / 2**30:.3g} GiB moved): "
         f"**{data['copy_bandwidth_gbps']:.0f} GB/s** — the ceiling for the % copy column."
     )
-    out += ["", "## DESIGN.md §5 targets", ""] + summary.markdown(data["targets"])
+    out += ["", "## Performance targets", ""] + summary.markdown(data["targets"])
     if data["notes"]:
         out += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
     if data["skipped"]:
@@ -241,6 +250,9 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
     out += ["", "## Correctness", ""]
     if data["failures"]:
         out += [f"- FAIL {failure}" for failure in data["failures"]]
+    elif not data["checked"]:
+        out.append("No triton_embed result was checked (--no-check, or no case ran).")
     else:
-        out.append("Every triton_embed result matched the float64 oracle within tolerance (see max err).")
+        out.append(f"Every checked triton_embed result ({data['checked']} rows) matched the float64 oracle within "
+                   "tolerance (see max err).")
     return "\n".join(out) + "\n"

@@ -1,4 +1,4 @@
-"""DESIGN.md §5's performance targets against the benchmark's rows: met, missed by how much, or not measured.
+"""The performance targets (README, "Performance targets") against the benchmark's rows: met, missed by how much, or not measured.
 
 Each target is judged on its worst case over the benchmarked shapes (LM shapes only where §5 says so):
 the smallest speed-up or % of copy bandwidth, the largest memory share. "bitsandbytes" falls back to the
@@ -157,7 +157,7 @@ def evaluate(rows: list[dict[str, Any]], gpu: bool, host_syncs: int | None = Non
 
 def format_summary(verdicts: list[dict[str, Any]]) -> str:
     """The one-screen summary: one line per target."""
-    lines = ["DESIGN.md §5 targets (worst case over the benchmarked shapes):"]
+    lines = ["Performance targets (worst case over the benchmarked shapes):"]
     for v in verdicts:
         target = next(t for t in TARGETS if t.key == v["key"])
         if v["status"] == "not measured":

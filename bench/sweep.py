@@ -2,7 +2,7 @@
 path, on the device the command runs on (natively on a GPU; under the Triton interpreter on the CPU).
 
 Each check compares our output and gradients with the same-dtype reference path (PyTorch's ops, as
-bitsandbytes runs them) and a float64 oracle, with DESIGN.md §4's rule (``check.judge``: a gather is exact;
+bitsandbytes runs them) and a float64 oracle, with the tolerance rule (``check.judge``: a gather is exact;
 the rest within 4× the reference's own error plus a small dtype term), and records name, ok, max error,
 tolerance and seconds. Kernel outputs are poisoned (NaN) before they are written, and runtime tuning is
 off (every kernel runs its default config), as in the test suite. The special checks (a table of more than

@@ -171,13 +171,21 @@ class Deadline:
 
 
 class Interrupted(BaseException):
-    """Raised in the main thread when the process gets SIGTERM (as ``timeout`` sends): a BaseException, so
-    no ``except Exception`` on the way swallows it, and the run can write what it has before exiting."""
+    """Raised in the main thread when the process gets SIGTERM (as ``timeout`` sends) or SIGINT (Ctrl-C): a
+    BaseException, so no ``except Exception`` on the way swallows it, and the run can write what it has
+    before exiting. ``exit_code``: 128 + the signal number, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"signal {signum}")
+        self.exit_code = 128 + signum
+        self.name = signal.Signals(signum).name
 
 
 def raise_on_term() -> Callable[[], None]:
-    """Make SIGTERM raise :class:`Interrupted`; returns a function that restores the previous handler.
-    Outside the main thread (where handlers cannot be set) it does nothing."""
+    """Make SIGTERM and SIGINT raise :class:`Interrupted`; returns a function that restores the previous
+    handlers. Outside the main thread (where handlers cannot be set) it does nothing."""
     import signal
     import threading
 
@@ -185,7 +193,7 @@ def raise_on_term() -> Callable[[], None]:
         return lambda: None
 
     def handler(signum: int, frame: object) -> None:
-        raise Interrupted(f"signal {signum}")
+        raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    return lambda: [signal.signal(sig, old) for sig, old in previous.items()] and None

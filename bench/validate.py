@@ -10,7 +10,7 @@ its time budget, by ``timeout`` (SIGTERM) or by a kill — leaves every figure i
 3. ``tuning``: the kernels tuned for the benchmark's shapes (at most a share of the time budget);
 4. ``benchmark``: :func:`cases.validate_cases` measured as the plain run measures them, written as the usual
    results.json / .csv, report.md, plot.png (and ``<gpu-slug>.json`` / ``.md``);
-5. ``summary``: DESIGN.md §5's targets, met or missed by how much (``summary``).
+5. ``summary``: the performance targets (README), met or missed by how much (``summary``).
 
 ``ok`` is false on any mismatch or stage error (exit 1); ``complete`` is true once every stage has run.
 """

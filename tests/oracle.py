@@ -1,4 +1,4 @@
-"""Comparisons against the reference path and float64 oracles, with DESIGN.md §4's tolerances."""
+"""Comparisons against the reference path and float64 oracles, with the tolerance rule (README, Tests)."""
 from __future__ import annotations
 
 import torch

@@ -44,7 +44,7 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[1/" in proc.stdout  # a progress line per case, with a counter
-    assert "kernel configs (source):" in proc.stdout and "DESIGN.md §5 targets" in proc.stdout
+    assert "kernel configs (source):" in proc.stdout and "Performance targets" in proc.stdout
     if not HAS_CUDA:
         assert "GPU figures" in proc.stdout and "need a GPU" in proc.stdout
         assert "[interpreter]" in proc.stdout  # which config ran, and where it came from
@@ -93,7 +93,7 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "| case | pass | impl | median ms |" in md
     assert md.count("\n| ") >= len(rows) + 1
-    for heading in ("## Results", "## Bytes models", "## Kernel configs", "Copy bandwidth", "## DESIGN.md §5 targets"):
+    for heading in ("## Results", "## Bytes models", "## Kernel configs", "Copy bandwidth", "## Performance targets"):
         assert heading in md
     from triton_embed.bench.plot import matplotlib_available
 

@@ -20,6 +20,9 @@ from triton_embed.bench import benchmark, cli
     (["--index-check", "never"], "invalid choice: 'never'"),
     (["--validate", "--vocab", "100", "--ops", "stable"], "--validate runs its own shapes and checks: --vocab --ops"),
     (["--validate", "--no-check"], "cannot go with it"),
+    (["--validate", "--pass", "forward"], "--pass cannot go with it"),
+    (["--out", ""], "--out: needs a folder path"),
+    (["--peers"], "--peers: expected at least one argument"),
 ])
 def test_bad_arguments_exit_2_before_any_work(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "run_case", lambda *a, **k: pytest.fail("work started"))
@@ -44,3 +47,81 @@ def test_a_writable_out_folder_is_created_and_left_clean(tmp_path: Path):
     out = tmp_path / "new" / "folder"
     assert cli.check_out_dir(out) is None
     assert out.is_dir() and not any(out.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["--vocab", "10000000000000", "--dim", "4096"], ["--quick", "--dim", "99999"]])
+def test_shapes_too_large_for_the_interpreter_exit_2_before_any_work(argv, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setattr(benchmark, "run_case", lambda *a, **k: pytest.fail("work started"))
+    assert cli.main([*argv, "--out", str(tmp_path)], mode="interpreter") == 2
+    assert "too large for the Triton interpreter" in capsys.readouterr().out
+
+
+def test_one_list_given_takes_this_machines_default_for_the_other():
+    from triton_embed.bench import cases
+
+    assert cases.shapes(None, [64], None, gpu=False, quick=True) == [(500, 64, 64)]
+    assert cases.shapes([100], None, None, gpu=False, quick=False) == [(100, 40, 72)]
+    assert {v for v, _, _ in cases.shapes(None, [64], None, gpu=True, quick=False)} == set(cases.LM_VOCABS)
+
+
+def test_zipf_ids_for_vocabularies_beyond_multinomials_limit():
+    import torch
+
+    from triton_embed.bench import cases
+
+    case = cases.Case("embedding", cases.MULTINOMIAL_MAX + 5, 8, 4096, "zipf", "float32")
+    ids = cases.make_ids(case, torch.Generator().manual_seed(0))
+    assert ids.shape == (4096,) and int(ids.min()) >= 0 and int(ids.max()) < case.vocab
+    assert torch.unique(ids).numel() < 4096  # Zipf: the hot ranks repeat
+
+
+def test_a_reference_backend_setting_does_not_hide_the_kernels(tmp_path: Path, monkeypatch, capsys):
+    """TRITON_EMBED_BACKEND=reference would compare the reference path with itself: the bench runs the
+    kernels anyway, says so, and restores the setting afterwards."""
+    import triton_embed
+
+    triton_embed.set_backend("reference")
+    try:
+        before = triton_embed.launch_counts.copy()
+        assert cli.main(["--quick", "--ops", "embedding", "--dtype", "float32", "--peers", "reference",
+                         "--out", str(tmp_path)], mode="interpreter") == 0
+        assert sum((triton_embed.launch_counts - before).values()) > 0  # the kernels ran
+        assert triton_embed.get_backend() == "reference"
+    finally:
+        triton_embed.set_backend("auto")
+    assert "runs with 'auto'" in capsys.readouterr().out
+
+
+def test_no_check_claims_nothing(tmp_path: Path, capsys):
+    import json
+
+    assert cli.main(["--quick", "--ops", "embedding", "--dtype", "float32", "--peers", "reference", "--no-check",
+                     "--out", str(tmp_path)], mode="interpreter") == 0
+    assert "no triton_embed result was checked (--no-check)" in capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["checked"] == 0 and data["complete"] and "No triton_embed result was checked" in \
+        (tmp_path / "report.md").read_text()
+
+
+def test_ctrl_c_keeps_the_cases_done_marked_incomplete(tmp_path: Path, capsys, monkeypatch):
+    """SIGINT (Ctrl-C) as SIGTERM: a clean message, exit 130, and results that say they are partial."""
+    import json
+    import os
+    import signal
+
+    real = benchmark.run_case
+    calls = []
+
+    def second_case_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "run_case", second_case_interrupted)
+    code = cli.main(["--quick", "--ops", "embedding", "--dtype", "float32", "bfloat16", "--peers", "reference",
+                     "--out", str(tmp_path)], mode="interpreter")
+    assert code == 130 and "interrupted (SIGINT)" in capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["complete"] is False and data["ok"] is False and data["rows"]
+    assert "Interrupted" in (tmp_path / "report.md").read_text()

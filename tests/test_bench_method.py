@@ -1,5 +1,5 @@
 """How the benchmark obtains its figures: interleaved rounds and their statistics (with a fake timer), the
-bytes models, the DESIGN.md §5 summary, the deadline, the peers left out, the config sources."""
+bytes models, the performance-target summary, the deadline, the peers left out, the config sources."""
 from __future__ import annotations
 
 from pathlib import Path

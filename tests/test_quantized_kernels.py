@@ -1,6 +1,6 @@
 """The quantized lookups and fused StableEmbeddings (``ops/quantized.py``) against the oracle: the whole
 table dequantized (``triton_embed.quantize``), then looked up (exact), or fed to the reference
-StableEmbedding (DESIGN.md's tolerances against a float64 truth). Bad ids, empty and scalar ids, opcheck.
+StableEmbedding (the tolerance rule against a float64 truth). Bad ids, empty and scalar ids, opcheck.
 
 Without a GPU the kernels run under Triton's interpreter (see conftest); shapes stay small.
 """

@@ -72,7 +72,7 @@ def test_validate_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     for stage in validate.STAGES:
         assert f"== {stage}" in proc.stdout
-    assert "DESIGN.md §5 targets" in proc.stdout and "validate: ok" in proc.stdout
+    assert "Performance targets" in proc.stdout and "validate: ok" in proc.stdout
 
     data = json.loads((out / "validate.json").read_text())
     assert data["complete"] is True and data["ok"] is True and list(data["stages"]) == list(validate.STAGES)
@@ -94,4 +94,4 @@ def test_validate_end_to_end(tmp_path: Path) -> None:
     assert [t["key"] for t in targets] == [t.key for t in summary.TARGETS]
     results = json.loads((out / "results.json").read_text())
     assert tuple(results) == report.JSON_KEYS and results["ok"] is True
-    assert (out / "results.csv").exists() and "## DESIGN.md §5 targets" in (out / "report.md").read_text()
+    assert (out / "results.csv").exists() and "## Performance targets" in (out / "report.md").read_text()
