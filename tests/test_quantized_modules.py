@@ -276,3 +276,26 @@ def test_4bit_checkpoints_bring_their_format_not_their_dtype():
     generic.load_state_dict(saved)
     assert (generic.quant_type, generic.blocksize, generic.dtype) == ("fp4", 64, torch.bfloat16)
     assert generic(torch.tensor([3])).dtype == torch.bfloat16
+
+
+def test_replace_embeddings_quantizes_a_shared_table_once_and_warns_about_a_tied_head():
+    """Three embeddings holding one table (T5's shared / encoder / decoder) become one quantized module; a
+    head still tied to the float table is named in a warning (the model would hold both)."""
+
+    class Shared(torch.nn.Module):
+        def __init__(self, tied_head: bool):
+            super().__init__()
+            self.shared = torch.nn.Embedding(40, 64)
+            self.encoder, self.decoder = torch.nn.Embedding(40, 64), torch.nn.Embedding(40, 64)
+            self.encoder.weight = self.decoder.weight = self.shared.weight
+            self.head = torch.nn.Linear(64, 40, bias=False)
+            if tied_head:
+                self.head.weight = self.shared.weight
+
+    model = Shared(tied_head=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = triton_embed.replace_embeddings(model, quantize="nf4")
+    assert type(model.shared) is triton_embed.Embedding4bit and model.encoder is model.shared is model.decoder
+    with pytest.warns(UserWarning, match="shared, encoder, decoder tied to head.weight"):
+        triton_embed.replace_embeddings(Shared(tied_head=True), quantize="int8")

@@ -117,7 +117,8 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
             (:class:`~triton_embed.Embedding8bit` / :class:`~triton_embed.Embedding4bit`, or their StableEmbedding
             forms for StableEmbeddings and with ``stable``), the tables quantized where they are, frozen;
             triton_embed's own float modules are quantized too. Tables with ``max_norm`` are left alone (it
-            rescales the table in place). A table tied to another module (an LM head) stays float there.
+            rescales the table in place). Embeddings sharing one table share one quantized module;
+            a table tied to another module (an LM head) stays float there, with a warning (the model holds both).
 
     Returns:
         ``model`` (the new module if ``model`` itself was an embedding).
@@ -143,6 +144,9 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
 
     replaced: dict[int, torch.nn.Module] = {}
     skipped: list[str] = []
+    # quantize: embeddings sharing one table (T5's shared / encoder / decoder) share one quantized module.
+    quantized_tables: dict[tuple, torch.nn.Module] = {}
+    float_tables: dict[int, tuple[torch.Tensor, list[str]]] = {}
     for module in model.modules():  # each module once, however many names it has
         if isinstance(module, (Embedding8bit, Embedding4bit)):
             continue  # triton_embed's quantized modules
@@ -166,7 +170,12 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
             skipped.append(f"{label}: {reason}")
             continue
         if quantize is not None:
-            new = _quantized(module, quantize, stable or keeps_norm)
+            same_table = (id(module.weight), kind, module.padding_idx, module.scale_grad_by_freq, module.sparse)
+            new = quantized_tables.get(same_table)
+            if new is None:
+                new = quantized_tables[same_table] = _quantized(module, quantize, stable or keeps_norm)
+            table_names = float_tables.setdefault(id(module.weight), (module.weight, []))[1]
+            table_names += names[id(module)]
         else:
             new = _convert(module, StableEmbedding if stable or keeps_norm else Embedding, keeps_norm, deterministic)
         replaced[id(module)] = new
@@ -178,4 +187,19 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
                 parent._modules[child_name] = replaced[id(child)]
     if skipped:
         warnings.warn("replace_embeddings left these embeddings as they are: " + "; ".join(skipped), stacklevel=2)
+    tied = _still_tied(model, float_tables)
+    if tied:
+        warnings.warn("replace_embeddings(quantize=...): " + "; ".join(tied) + ": the model now holds the float "
+                      "table and its quantized copy, more memory than before; untie them (or leave these "
+                      "embeddings float) to save memory", stacklevel=2)
     return replaced.get(id(model), model)  # type: ignore[return-value]
+
+
+def _still_tied(model: torch.nn.Module, float_tables: dict[int, tuple[torch.Tensor, list[str]]]) -> list[str]:
+    """For each quantized table that another module still holds as a float parameter (a tied LM head):
+    '<embedding names> tied to <parameter names>'."""
+    holders: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in float_tables and param is float_tables[id(param)][0]:
+            holders.setdefault(id(param), []).append(name)
+    return [f"{', '.join(float_tables[key][1])} tied to {', '.join(params)}" for key, params in holders.items()]
