@@ -113,13 +113,19 @@ def embedding_bwd_pieces_kernel(
 
 
 @triton.jit
-def _lower_bound(sorted_ids_ptr, N, value):
-    """The first sorted position whose id is >= value (N if none), by binary search."""
+def _search(sorted_ids_ptr, N, value, AFTER: tl.constexpr):
+    """By binary search, the first sorted position whose id is >= value (> value with AFTER; N if none).
+    AFTER rather than value + 1: an id may be the largest int64."""
     lo = 0
     hi = N
     while lo < hi:
         mid = (lo + hi) // 2
-        if tl.load(sorted_ids_ptr + mid).to(tl.int64) < value:
+        current = tl.load(sorted_ids_ptr + mid).to(tl.int64)
+        if AFTER:
+            below = current <= value
+        else:
+            below = current < value
+        if below:
             lo = mid + 1
         else:
             hi = mid
@@ -168,7 +174,7 @@ def _gradient_rows(
     token names the row (or it is the padding row). With SUMS off only the zeros are written: a row that
     gets a sum is left to the caller (``stable_embedding_runs.py``)."""
     out_ty = out_ptr.dtype.element_ty
-    p = _lower_bound(sorted_ids_ptr, N, v0)
+    p = _search(sorted_ids_ptr, N, v0, False)
     for r in range(0, BLOCK_V):
         v = v0 + r
         if v < V:
@@ -182,7 +188,7 @@ def _gradient_rows(
                 chunk_end = tl.minimum(chunk * SEG + SEG, N)
                 crosses = (chunk_end < N) & (tl.load(sorted_ids_ptr + tl.minimum(chunk_end, N - 1)).to(tl.int64) == v)
                 if crosses:
-                    run_end = _lower_bound(sorted_ids_ptr, N, v + 1)
+                    run_end = _search(sorted_ids_ptr, N, v, True)
                 else:
                     positions = chunk * SEG + tl.arange(0, SEG)
                     ids = tl.load(sorted_ids_ptr + positions, mask=positions < chunk_end, other=-1).to(tl.int64)

@@ -27,24 +27,10 @@ of the ids alone (the launcher also turns off FMA contraction): the same bits fo
 import triton
 import triton.language as tl
 
-from .embedding_backward import SEG, _gradient_rows, _run_sum
+from .embedding_backward import SEG, _gradient_rows, _run_sum, _search
 from .layer_norm import _inverse, _load_vector, _store_partial_row
 from .numerics import _div, _round
 from .reductions import _tree_sum
-
-
-@triton.jit
-def _upper_bound(sorted_ids_ptr, N, value):
-    """The first sorted position whose id is > value (N if none), by binary search."""
-    lo = 0
-    hi = N
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if tl.load(sorted_ids_ptr + mid).to(tl.int64) <= value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @triton.jit
@@ -81,7 +67,7 @@ def _runs_of_chunk(
         run_end = start + tl.sum(((ids <= v) & in_chunk).to(tl.int32), axis=0)
         crosses = (run_end == end) & (end < N) & (after == v)
         if crosses:
-            run_end = _upper_bound(sorted_ids_ptr, N, v)
+            run_end = _search(sorted_ids_ptr, N, v, True)
         s = _run_sum(grad_ptr, order_ptr, head_ptr, tail_ptr, p, run_end, crosses, cols, col_mask, D,
                      stride_gn, stride_gd, ACC_DTYPE)
         # The statistics of the run's first token are every token's: they normalised the same row.

@@ -305,6 +305,16 @@ def _param(c, present_key: str, own: str, fallback: str) -> tuple[str, int | Non
     return (fallback, None)
 
 
+def _optional_stride(name: str, stride: int | None, types: dict, const: dict, ints: list) -> None:
+    """An optional parameter's stride: the constexpr ``stride`` (1) when present, else a runtime int that is
+    a multiple of 16 (the 0 passed for an absent parameter)."""
+    if stride is None:
+        types[name] = "i32"
+        ints.append(name)
+    else:
+        const[name] = stride
+
+
 def _params_dtype(c, data: str) -> str:
     return data if c["params"] in ("x", "none") else c["params"]
 
@@ -323,11 +333,7 @@ def _layer_norm_fwd(c):
              "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_xn", "stride_yn"]
     for name, stride in (("stride_w", w_stride), ("stride_b", b_stride)):
-        if stride is None:
-            types[name] = "i32"
-            ints.append(name)
-        else:
-            const[name] = stride
+        _optional_stride(name, stride, types, const, ints)
     return variant(types, const, tuple(ints))
 
 
@@ -345,11 +351,7 @@ def _layer_norm_bwd(c):
     const = {"stride_xd": 1, "stride_dyd": 1, "stride_dxd": 1, "HAS_WEIGHT": c["HAS_WEIGHT"],
              "ACC_DTYPE": acc_tl(x), "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_xn", "stride_dyn", "stride_dxn"]
-    if w_stride is None:
-        types["stride_w"] = "i32"
-        ints.append("stride_w")
-    else:
-        const["stride_w"] = w_stride
+    _optional_stride("stride_w", w_stride, types, const, ints)
     return variant(types, const, tuple(ints))
 
 
@@ -420,11 +422,7 @@ def _stable_fwd(c):
              "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_wv", "stride_on"]
     for name, stride in (("stride_g", g_stride), ("stride_b", b_stride)):
-        if stride is None:
-            types[name] = "i32"
-            ints.append(name)
-        else:
-            const[name] = stride
+        _optional_stride(name, stride, types, const, ints)
     return variant(types, const, tuple(ints), element=w)
 
 
@@ -446,11 +444,7 @@ def _stable_bwd(c):
              "ALL_ROWS": c["ALL_ROWS"], "HAS_WEIGHT": c["HAS_WEIGHT"], "CAST_DTYPE": _TL[cast],
              "ACC_DTYPE": _TL[acc], "SINGLE_BLOCK": _single(c)}
     ints = ["D", "stride_wv", "stride_gn", "stride_dn"]
-    if g_stride is None:
-        types["stride_g"] = "i32"
-        ints.append("stride_g")
-    else:
-        const["stride_g"] = g_stride
+    _optional_stride("stride_g", g_stride, types, const, ints)
     return variant(types, const, tuple(ints))
 
 
@@ -495,11 +489,7 @@ def _stable_runs(c):
     const = {"stride_wd": 1, "stride_gd": 1, "stride_od": 1, "SCALE_BY_FREQ": c["SCALE_BY_FREQ"],
              "HAS_WEIGHT": c["HAS_WEIGHT"], "ACC_DTYPE": _TL[acc]}
     ints = ["D", "stride_wv", "stride_gn", "stride_ov"]
-    if g_stride is None:
-        types["stride_g"] = "i32"
-        ints.append("stride_g")
-    else:
-        const["stride_g"] = g_stride
+    _optional_stride("stride_g", g_stride, types, const, ints)
     return variant(types, const, tuple(ints))
 
 
