@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: The small absolute term of check_against_truth, relative to the values' scale, per dtype.
+SLACK = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
 def assert_exact(ours: torch.Tensor, expected: torch.Tensor) -> None:
@@ -39,3 +41,25 @@ def assert_close_to_oracle(
         bound = eps * max(scale, 1e-6)
     worst = err.max().item() if err.numel() else 0.0
     assert worst <= bound, f"{what}: max error {worst:.3g} > bound {bound:.3g} (dtype {ours.dtype}, scale {scale:.3g})"
+
+
+def check_against_truth(ours, theirs, exact, dtype, what, factor=3.0):
+    """Our error against the float64 truth is at most ``factor`` x the reference's own error in the same
+    dtypes plus a small absolute term; float32 math lands far under 1e-5 relative."""
+    if exact is None:  # a gradient that does not exist (no parameter): ours must not exist either
+        assert ours is None, what
+        return
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, (what, ours.shape, theirs.shape, ours.dtype, theirs.dtype)
+    if not exact.numel():
+        return
+    exact = exact.double()
+    scale = max(exact.abs().max().item(), 1.0)
+    ours_err = (ours.double() - exact).abs().max().item()
+    theirs_err = (theirs.double() - exact).abs().max().item()
+    if dtype in (torch.float32, torch.float64):
+        # Far under 1e-5 relative, unless the case is ill-conditioned (a nearly constant row) and the
+        # reference's own error is larger too.
+        bound = 1e-5 * scale if dtype == torch.float32 else 1e-11 * scale
+        assert ours_err <= max(bound, factor * theirs_err), (what, ours_err, theirs_err, scale)
+    else:
+        assert ours_err <= factor * theirs_err + SLACK[dtype] * scale, (what, ours_err, theirs_err, scale)

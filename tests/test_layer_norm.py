@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 import triton_embed
 from triton_embed.functional import layer_norm
 
+from oracle import check_against_truth
+
 HEALTH = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                          HealthCheck.data_too_large])
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # The absolute slack of the tolerance rule, relative to the largest true value.
-SLACK = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 # Dims that hit the one-block path, the streamed path (the interpreter's BLOCK_D is 64) and odd sizes.
 DIMS = st.one_of(st.sampled_from([1, 2, 3, 63, 64, 65, 96]), st.integers(1, 96))
 
@@ -35,28 +36,6 @@ def _leaf(t: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Ten
     if t is None:
         return None
     return t.detach().to(dtype or t.dtype).requires_grad_()
-
-
-def check_against_truth(ours, torch_same_dtype, truth, dtype, what, factor=3.0):
-    """The tolerance rule: our error against a float64 truth is at most ``factor`` times PyTorch's own
-    error in the same dtype, plus a small absolute term; float32 lands far under 1e-5 relative (or, for
-    ill-conditioned cases, within ``factor`` times PyTorch's own float32 error)."""
-    if truth is None:
-        assert ours is None
-        return
-    truth = truth.double()
-    scale = max(truth.abs().max().item() if truth.numel() else 0.0, 1.0)
-    ours_err = (ours.double() - truth).abs().max().item() if truth.numel() else 0.0
-    torch_err = (torch_same_dtype.double() - truth).abs().max().item() if truth.numel() else 0.0
-    assert ours.dtype == torch_same_dtype.dtype, what
-    assert ours.shape == torch_same_dtype.shape, what
-    if dtype in (torch.float32, torch.float64):
-        # Far under 1e-5 relative, unless the case is ill-conditioned (nearly constant rows: the gradient is a
-        # small difference of large terms) and PyTorch's own error is larger too.
-        bound = 1e-5 * scale * (1e-6 if dtype == torch.float64 else 1)
-        assert ours_err <= max(bound, factor * torch_err), (what, ours_err, torch_err, scale)
-    else:
-        assert ours_err <= factor * torch_err + SLACK[dtype] * scale, (what, ours_err, torch_err, scale)
 
 
 def _compare(x, w, b, grad, eps=1e-5):

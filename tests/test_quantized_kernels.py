@@ -16,13 +16,13 @@ import triton_embed
 from triton_embed import reference
 from triton_embed._dispatch import use_triton
 
+from oracle import check_against_truth
 from strategies import make_ids
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FORMATS = ["int8", "nf4", "fp4"]
 DIMS = st.one_of(st.sampled_from([1, 5, 63, 64, 65, 130]), st.integers(1, 96))
 SHAPES = st.lists(st.integers(0, 5), min_size=0, max_size=3).filter(lambda s: torch.Size(s).numel() <= 48)
-SLACK = {torch.float32: 1e-6, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
 def make_module(fmt: str, rows: int, dim: int, dtype: torch.dtype, seed: int, stable: bool = False,
@@ -71,21 +71,6 @@ def _truth(table, norm, ids, grad):
     return (out, *torch.autograd.grad(out, leaves, grad.double()))
 
 
-def _check(ours, theirs, exact, dtype, what, factor=3.0):
-    """Our error against the float64 truth: at most ``factor`` x the reference's own, plus a few ulps."""
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, (what, ours.shape, theirs.shape)
-    if not exact.numel():
-        return
-    exact = exact.double()
-    scale = max(exact.abs().max().item(), 1.0)
-    ours_err = (ours.double() - exact).abs().max().item()
-    theirs_err = (theirs.double() - exact).abs().max().item()
-    if dtype == torch.float32:
-        assert ours_err <= max(1e-5 * scale, factor * theirs_err), (what, ours_err, theirs_err, scale)
-    else:
-        assert ours_err <= factor * theirs_err + SLACK[dtype] * scale, (what, ours_err, theirs_err, scale)
-
-
 @given(fmt=st.sampled_from(FORMATS), rows=st.integers(1, 30), dim=DIMS, dtype=st.sampled_from(DTYPES),
        shape=SHAPES, distribution=st.sampled_from(["uniform", "skewed", "hot"]), padding=st.booleans(),
        seed=st.integers(0, 2**16))
@@ -108,7 +93,7 @@ def test_stable_embedding_matches_dequantize_then_reference(device, fmt, rows, d
     assert ours.weight.grad is None and not ours.weight.requires_grad
     names = ("output", "norm weight grad", "norm bias grad")
     for name, o, r, t in zip(names, *results, _truth(table, ours.norm, ids, grad)):
-        _check(o, r, t, dtype, name)
+        check_against_truth(o, r, t, dtype, name)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -125,7 +110,7 @@ def test_wide_rows_are_streamed(device, fmt):
     exact = _truth(ref.weight, ours.norm, ids, grad)
     for name, o, r, t in zip(("output", "dγ", "dβ"), (got, ours.norm.weight.grad, ours.norm.bias.grad),
                              (expected, ref.norm.weight.grad, ref.norm.bias.grad), exact):
-        _check(o, r, t, torch.bfloat16, name)
+        check_against_truth(o, r, t, torch.bfloat16, name)
 
 
 @pytest.mark.parametrize("stable", [False, True])

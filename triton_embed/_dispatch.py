@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Callable, Iterator
 
 import torch
+from torch.nn.modules import module as nn_module
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -137,8 +138,6 @@ def fusable_layer_norm(norm: torch.nn.Module, dim: int) -> bool:
     """Whether a StableEmbedding's ``norm`` can be fused into its kernel: exactly a ``torch.nn.LayerNorm``
     over the last ``dim`` features, with no forward hooks of its own or global ones (a fused norm is never
     called, so its hooks would not fire). Otherwise the module calls ``norm`` itself, as bitsandbytes does."""
-    from torch.nn.modules import module as nn_module
-
     if type(norm) is not torch.nn.LayerNorm or tuple(norm.normalized_shape) != (dim,):
         return False
     hooks = (norm._forward_hooks, norm._forward_pre_hooks, nn_module._global_forward_hooks,

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import errors, reference
+from ..errors import index_check_enabled
 from .._dispatch import custom_op, use_triton
 from .._validation import check_index_bounds
 from . import embedding_backward, gather, renorm
@@ -128,11 +129,14 @@ def embedding_renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_typ
         renorm.renorm_(weight, indices, max_norm, norm_type)
         errors.after_call(weight.device)
     else:
-        check_index_bounds(indices, weight.shape[0])
-        flat = indices.reshape(-1)
-        if flat.numel() and not bool(((flat >= 0) & (flat < weight.shape[0])).all()):
+        check_index_bounds(indices, weight.shape[0])  # raises on a bad id, unless the check is off
+        if not index_check_enabled() and not _all_in_range(indices, weight.shape[0]):
             return  # with the check off: a call that met a bad id changes nothing (its lookup raises, as PyTorch's)
         reference.embedding_renorm_(weight, indices, max_norm, norm_type)
+
+
+def _all_in_range(indices: Tensor, num_weights: int) -> bool:
+    return bool(((indices >= 0) & (indices < num_weights)).all())
 
 
 @embedding_renorm_.register_fake
