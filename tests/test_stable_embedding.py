@@ -586,6 +586,14 @@ def test_norm_hooks_fire_and_other_norms_work(device):
         handle.remove()
     assert seen == [torch.Size([2, 3, 8])]
     torch.testing.assert_close(hooked, fused, rtol=1e-6, atol=1e-6)
+    grads = []  # a backward hook fires too
+    handle = ours.norm.register_full_backward_hook(lambda module, grad_in, grad_out: grads.append(grad_out[0]))
+    try:
+        ours(ids).sum().backward()
+    finally:
+        handle.remove()
+    assert len(grads) == 1 and grads[0].shape == (2, 3, 8)
+    ours.weight.grad = None
     for other in (torch.nn.RMSNorm(8, device=device), torch.nn.Identity()):
         ours.norm = other
         out = ours(ids)

@@ -136,10 +136,12 @@ def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 def fusable_layer_norm(norm: torch.nn.Module, dim: int) -> bool:
     """Whether a StableEmbedding's ``norm`` can be fused into its kernel: exactly a ``torch.nn.LayerNorm``
-    over the last ``dim`` features, with no forward hooks of its own or global ones (a fused norm is never
-    called, so its hooks would not fire). Otherwise the module calls ``norm`` itself, as bitsandbytes does."""
+    over the last ``dim`` features, with no forward or backward hooks of its own or global ones (a fused norm
+    is never called, so its hooks would not fire). Otherwise the module calls ``norm`` itself, as
+    bitsandbytes does."""
     if type(norm) is not torch.nn.LayerNorm or tuple(norm.normalized_shape) != (dim,):
         return False
-    hooks = (norm._forward_hooks, norm._forward_pre_hooks, nn_module._global_forward_hooks,
-             nn_module._global_forward_pre_hooks)
+    hooks = (norm._forward_hooks, norm._forward_pre_hooks, norm._backward_hooks, norm._backward_pre_hooks,
+             nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks,
+             nn_module._global_backward_hooks, nn_module._global_backward_pre_hooks)
     return not any(hooks)
