@@ -79,7 +79,7 @@ def embedding_bwd_pieces_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Program c: the (at most two) pieces of runs that cross the edges of chunk c."""
-    chunk = tl.program_id(0)
+    chunk = tl.program_id(0).to(tl.int64)
     start = chunk * SEG
     end = tl.minimum(start + SEG, N)
     positions = start + tl.arange(0, SEG)
@@ -114,12 +114,14 @@ def embedding_bwd_pieces_kernel(
 
 @triton.jit
 def _search(sorted_ids_ptr, N, value, AFTER: tl.constexpr):
-    """By binary search, the first sorted position whose id is >= value (> value with AFTER; N if none).
-    AFTER rather than value + 1: an id may be the largest int64."""
-    lo = 0
-    hi = N
+    """By binary search, the first sorted position whose id is >= value (> value with AFTER; N if none), as
+    an int64. AFTER rather than value + 1: an id may be the largest int64. The bounds are int64 and the
+    midpoint is lo + (hi - lo) // 2: with int32 bounds (lo + hi) // 2 turns negative from N = 2**30 on,
+    and an int64 N (2**31 or more) would change the loop variables' type."""
+    lo = tl.full([], 0, tl.int64)
+    hi = lo + N
     while lo < hi:
-        mid = (lo + hi) // 2
+        mid = lo + (hi - lo) // 2
         current = tl.load(sorted_ids_ptr + mid).to(tl.int64)
         if AFTER:
             below = current <= value

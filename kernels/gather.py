@@ -32,7 +32,7 @@ def gather_rows_kernel(
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     offsets = tl.arange(0, BLOCK_T)
-    tokens = pid_t * BLOCK_T + offsets
+    tokens = pid_t.to(tl.int64) * BLOCK_T + offsets
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     token_mask = tokens < N
     col_mask = cols < D

@@ -10,16 +10,16 @@ Tiles: a program works on BLOCK_T rows x BLOCK_D columns, BLOCK_D fixed by D alo
 the next power of two up to 8192). With ``SINGLE_BLOCK`` (D <= BLOCK_D) a row is loaded once and kept in
 registers; wider rows are streamed in BLOCK_D pieces over several passes.
 
-Every sum is a fixed tree (``reductions.py``): row sums per BLOCK_D piece, pieces in order; dγ/dβ per
-tile of BLOCK_T rows, tiles in order (the backward's BLOCK_T is fixed by D too). So the outputs and
-gradients do not depend on ``num_warps`` or on the forward's BLOCK_T. Launchers turn off FMA contraction
-for these kernels: whether a product fuses into the add that follows depends on the register layout.
+Every sum's order is fixed by D (``reductions.py``): row sums per BLOCK_D piece by ``tl.sum`` in a layout
+that the launchers fix by D (BLOCK_D and ``num_warps``), pieces in order; dγ/dβ per tile of BLOCK_T rows,
+tiles in order (the backward's BLOCK_T is fixed by D too). So the outputs and gradients do not depend on
+the tuned config (the forward's rows per program). Launchers turn off FMA contraction for every kernel.
 """
 import triton
 import triton.language as tl
 
-from .numerics import _div, _exact_float, _round
-from .reductions import _reduce_partials, _tree_sum, _tree_sum_columns
+from .numerics import _div, _exact_float, _round, _sqrt
+from .reductions import _column_sum, _reduce_partials, _row_sum
 
 # MODE values (constexpr) of the backward helper: what happens to the input gradient of each row.
 DX_STORE = 0  # dst[row, :] = dx, rounded to ROUND_DTYPE (LayerNorm's dx, or StableEmbedding's d(emb) rows)
@@ -59,7 +59,7 @@ def _rstd(var, eps, ACC_DTYPE: tl.constexpr):
     as PyTorch's CPU LayerNorm does, not 0: the row would otherwise come out as β, finite and wrong."""
     shifted = var + eps
     if ACC_DTYPE == tl.float64:
-        rstd = 1.0 / tl.sqrt(shifted)
+        rstd = _div(tl.full([], 1.0, ACC_DTYPE), _sqrt(shifted, ACC_DTYPE), ACC_DTYPE)
     else:
         rstd = tl.math.rsqrt(shifted)
     overflow = shifted * 0.0  # NaN exactly where the variance is inf (or NaN already)
@@ -122,9 +122,9 @@ def _layer_norm_forward_source(
         col_mask = cols < D
         x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
         shifted = tl.where(col_mask[None, :], x - pivot[:, None], 0.0)
-        offset = _tree_sum(shifted) * inv_d
+        offset = _row_sum(shifted) * inv_d
         xc = tl.where(col_mask[None, :], shifted - offset[:, None], 0.0)
-        rstd = _rstd(_tree_sum(xc * xc) * inv_d, eps, ACC_DTYPE)
+        rstd = _rstd(_row_sum(xc * xc) * inv_d, eps, ACC_DTYPE)
         y = xc * rstd[:, None]
         if HAS_WEIGHT:
             y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
@@ -143,7 +143,7 @@ def _layer_norm_forward_source(
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
             x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
-            total += _tree_sum(tl.where(col_mask[None, :], x - pivot[:, None], 0.0))
+            total += _row_sum(tl.where(col_mask[None, :], x - pivot[:, None], 0.0))
         offset = total * inv_d
         squares = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
@@ -151,7 +151,7 @@ def _layer_norm_forward_source(
             col_mask = cols < D
             x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
             xc = tl.where(col_mask[None, :], (x - pivot[:, None]) - offset[:, None], 0.0)
-            squares += _tree_sum(xc * xc)
+            squares += _row_sum(xc * xc)
         rstd = _rstd(squares * inv_d, eps, ACC_DTYPE)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
@@ -242,12 +242,12 @@ def _layer_norm_backward_source(
         else:
             wdy = dy
         if MODE == 0:
-            c1 = _tree_sum(xhat * wdy) * inv_d
-            c2 = _tree_sum(wdy) * inv_d
+            c1 = _row_sum(xhat * wdy) * inv_d
+            c2 = _row_sum(wdy) * inv_d
             dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
             _emit_dx(dx, cols, col_mask, dst_ptr, dst_rows, stride_dstd, dst_valid, MODE, CAST_DTYPE, ROUND_DTYPE)
-        tile_w = _tree_sum_columns(dy * xhat)
-        tile_b = _tree_sum_columns(dy)
+        tile_w = _column_sum(dy * xhat)
+        tile_b = _column_sum(dy)
     else:
         c1 = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
         c2 = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
@@ -263,8 +263,8 @@ def _layer_norm_backward_source(
                     wdy = dy * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
                 else:
                     wdy = dy
-                c1 += _tree_sum(xhat * wdy)
-                c2 += _tree_sum(wdy)
+                c1 += _row_sum(xhat * wdy)
+                c2 += _row_sum(wdy)
             c1 = c1 * inv_d
             c2 = c2 * inv_d
         for d0 in range(0, D, BLOCK_D):
@@ -288,8 +288,8 @@ def _layer_norm_backward_source(
             pw = tl.load(partial_w_ptr + partial_offsets, mask=col_mask, other=0)
             pb = tl.load(partial_b_ptr + partial_offsets, mask=col_mask, other=0)
             tl.debug_barrier()
-            tl.store(partial_w_ptr + partial_offsets, pw + _tree_sum_columns(dy * xhat), mask=col_mask)
-            tl.store(partial_b_ptr + partial_offsets, pb + _tree_sum_columns(dy), mask=col_mask)
+            tl.store(partial_w_ptr + partial_offsets, pw + _column_sum(dy * xhat), mask=col_mask)
+            tl.store(partial_b_ptr + partial_offsets, pb + _column_sum(dy), mask=col_mask)
         tile_w = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
         tile_b = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
     return tile_w, tile_b
@@ -340,7 +340,7 @@ def layer_norm_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """y = (x - mean) * rstd * gamma + beta over the last dim; each program normalises BLOCK_T rows."""
-    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     valid = tokens < N
     tokens64 = tokens.to(tl.int64)
     _layer_norm_forward_rows(
@@ -382,7 +382,7 @@ def layer_norm_bwd_kernel(
     """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat)) for its rows, and this program's dγ/dβ
     partial sums (finished by ``layer_norm_param_grad_kernel``): deterministic, no atomics."""
     pid = tl.program_id(0)
-    row_start = pid * rows_per_program
+    row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, N)
     pw = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
     pb = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)

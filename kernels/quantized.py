@@ -99,7 +99,7 @@ def quantized_gather_kernel(
     pid_t = tl.program_id(0)
     pid_d = tl.program_id(1)
     offsets = tl.arange(0, BLOCK_T)
-    tokens = pid_t * BLOCK_T + offsets
+    tokens = pid_t.to(tl.int64) * BLOCK_T + offsets
     cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     token_mask = tokens < N
     col_mask = cols < D
@@ -152,7 +152,7 @@ def quantized_stable_fwd_kernel(
     """out[t] = LayerNorm(dequantized row indices[t] as CAST_DTYPE) as the table's dtype: gather, dequantize,
     cast, LayerNorm and cast in one pass over BLOCK_T tokens per program (``stable_embedding.py``'s math)."""
     offsets = tl.arange(0, BLOCK_T)
-    tokens = tl.program_id(0) * BLOCK_T + offsets
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + offsets
     token_mask = tokens < N
     tokens64 = tokens.to(tl.int64)
     rows = tl.load(indices_ptr + tokens64 * stride_i, mask=token_mask, other=0).to(tl.int64)
@@ -206,7 +206,7 @@ def quantized_stable_bwd_kernel(
     ones too. BLOCK_T is fixed by D: the sums do not depend on the config."""
     LOAD: tl.constexpr = _load_int8_rows if FORMAT == INT8_ROWS else _load_4bit_rows
     pid = tl.program_id(0)
-    row_start = pid * rows_per_program
+    row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, N)
     pw = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
     pb = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)

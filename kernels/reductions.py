@@ -1,12 +1,21 @@
-"""Reductions whose rounding does not depend on the launch config.
+"""Sums whose rounding does not depend on the tuned launch config.
 
-``tl.sum`` adds in an order set by the tensor's layout: which elements each thread holds, the warp
-shuffles, the warps. The layout follows the tile shape, ``num_warps`` and the loads' vector width, so two
-configs of one kernel (or two alignments of one input) could round the same row differently. Here a sum
-over an axis of width 2**k is a fixed tree: fold the second half onto the first (``y[i] + y[i + w/2]``)
-until one element is left. Each fold is a ``tl.sum`` over an axis of length 2, a single commutative add,
-so its result is the same whatever the layout; every config, and the interpreter, produce the same bits.
-Zero padding past the data adds exact zeros, so a wider power-of-two tile gives the same sum.
+``tl.sum`` adds in an order set by the tensor's register layout: which elements each thread holds (added
+in register order), then the lanes (a butterfly of shuffles), then the warps (through shared memory). The
+layout follows the tile's width, ``num_warps``, the backend's warp size and the loads' vector width (the
+dtype, and whether the rows are 16-byte aligned), and not the rows of a tile: a row of a [BLOCK_T, BLOCK_D]
+tile is spread over the same lanes and warps for every BLOCK_T. So the LayerNorm family sums rows with
+:func:`_row_sum` (one ``tl.sum``: one shared-memory round trip) and launches with BLOCK_D and ``num_warps``
+fixed by the row width (``triton_embed/ops/tiles.py``): every tuned config gives the same bits, which the
+ahead-of-time check confirms by comparing the compiled layouts of every ``tt.reduce`` across configs.
+
+Where the interpreter must give the GPU's bits, or where the warps are tuned, a sum over an axis of width
+2**k is a fixed tree instead (:func:`_tree_sum`): fold the second half onto the first (``y[i] + y[i + w/2]``)
+until one element is left. Each fold is a ``tl.sum`` over an axis of length 2, a single commutative add, so
+its result is the same whatever the layout, and the interpreter computes the same adds. It costs a
+shared-memory round trip and barriers per fold across warps, so it serves only the max_norm renorm (whose
+decision near max_norm must be the interpreter's) and the dγ/dβ second stage (whose column blocks and warps
+are tuned). Zero padding past the data adds exact zeros, so a wider power-of-two tile gives the same sum.
 """
 import triton
 import triton.language as tl
@@ -15,6 +24,19 @@ from .numerics import _round
 
 #: Partial rows reduced per step of ``_reduce_partials`` (a fixed tree over them, then in order).
 PARTIAL_GROUP = tl.constexpr(32)
+
+
+@triton.jit
+def _row_sum(x):
+    """Σ over the last axis of a [rows, width] tile by ``tl.sum``: the order follows the register layout,
+    which the launchers fix by the width (see the module's docstring)."""
+    return tl.sum(x, axis=1)
+
+
+@triton.jit
+def _column_sum(x):
+    """Σ over the first axis of a [rows, width] tile by ``tl.sum`` (as :func:`_row_sum`)."""
+    return tl.sum(x, axis=0)
 
 
 @triton.jit

@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from .errors import _record_bad_ids, _valid_ids
-from .numerics import _exact_float, _round
+from .numerics import _exact_float, _exp2_f64, _f64, _log2_f64, _pow_f64, _round, _sqrt
 from .reductions import _tree_sum
 
 # NORM_KIND values (constexpr): which norm the renorm kernel computes.
@@ -24,8 +24,9 @@ OP_RENORM = tl.constexpr(2)
 @triton.jit
 def claim_rows_kernel(
     indices_ptr,  # (N,) int32/int64 row ids, contiguous
-    owner_ptr,  # (V + 1,) int32, filled with N: afterwards the first token position that names each row;
-    #             entry V becomes -1 when some id lies outside [0, V), and the renorm then changes nothing
+    owner_ptr,  # (V + 1,) int32 (int64 when N >= 2**31), filled with N: afterwards the first token position
+    #             that names each row; entry V becomes -1 when some id lies outside [0, V), and the renorm
+    #             then changes nothing
     err_ptr,  # (4,) int64 error record
     N,
     V,  # rows in this table (a shard holds rows [row_start, row_start + V) of the whole)
@@ -35,11 +36,12 @@ def claim_rows_kernel(
 ):
     """Duplicates of an id elect one owner (the lowest position), so exactly one program rescales each row."""
     offsets = tl.arange(0, BLOCK_T)
-    tokens = tl.program_id(0) * BLOCK_T + offsets
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + offsets
     mask = tokens < N
     ids = tl.load(indices_ptr + tokens, mask=mask, other=0).to(tl.int64)
     rows = ids - row_start
-    tl.atomic_min(owner_ptr + rows, tokens.to(tl.int32), mask=_valid_ids(rows, mask, V), sem="relaxed")
+    tl.atomic_min(owner_ptr + rows, tokens.to(owner_ptr.dtype.element_ty), mask=_valid_ids(rows, mask, V),
+                  sem="relaxed")
     in_range = _valid_ids(ids, mask, total_rows)
     if tl.sum((mask & (in_range == 0)).to(tl.int32), axis=0) > 0:
         tl.store(owner_ptr + V, -1)
@@ -50,7 +52,7 @@ def claim_rows_kernel(
 def renorm_rows_kernel(
     weight_ptr,  # (V, D) table, float dtype, updated in place; strides (stride_wv, stride_wd)
     indices_ptr,  # (N,) int32/int64 row ids, contiguous
-    owner_ptr,  # (V + 1,) int32 owner positions from claim_rows_kernel; entry V < 0: leave the table alone
+    owner_ptr,  # (V + 1,) int32/int64 owner positions from claim_rows_kernel; entry V < 0: leave the table alone
     N,
     D,
     V,  # rows in this table (a shard holds rows [row_start, row_start + V) of the whole)
@@ -66,8 +68,14 @@ def renorm_rows_kernel(
 ):
     """Each owned row whose p-norm exceeds max_norm is scaled by max_norm / (norm + 1e-7). The norm's sums
     are fixed trees over BLOCK_D-wide pieces taken in order (the launcher fixes BLOCK_D by D alone), so the
-    rescaled bits do not depend on the config."""
-    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    rescaled bits do not depend on the config, and the interpreter computes the same adds.
+
+    Numerics (what the ahead-of-time check holds the compiled code to: no approximate instruction, no FMA):
+    p = 2 takes the correctly rounded square root of its sum; a general p raises each |x| to p and the sum to
+    1/p in float64 by ``numerics._pow_f64`` (IEEE adds, multiplies and one division: the GPU and the
+    interpreter agree to the bit); the comparison with max_norm and the factor are float64, as PyTorch's
+    CPU renorm makes them. So a row within an ulp of max_norm is rescaled or not identically everywhere."""
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < N
     rows = tl.load(indices_ptr + tokens, mask=token_mask, other=0).to(tl.int64) - row_start
     # A call that met an out-of-range id changes nothing (claim_rows_kernel marked it).
@@ -75,9 +83,9 @@ def renorm_rows_kernel(
     call_ok = (tl.zeros_like(tokens) + tl.load(owner_ptr + V)) >= 0
     valid = _valid_ids(rows, token_mask, V) & call_ok
     owner = tl.load(owner_ptr + rows, mask=valid, other=-1)
-    owned = valid & (owner == tokens)
+    owned = valid & (owner == tokens.to(owner.dtype))
     row_offsets = rows[:, None] * stride_wv
-    p = _exact_float(norm_type, ACC_DTYPE)
+    p = _exact_float(norm_type, tl.float64)
     total = tl.zeros([BLOCK_T], dtype=ACC_DTYPE)
     # max/min reductions drop NaN on the GPU; PyTorch's inf-norms of a row with a NaN are NaN (no rescale).
     nans = tl.zeros([BLOCK_T], dtype=tl.int32)
@@ -101,20 +109,18 @@ def renorm_rows_kernel(
             total = tl.minimum(total, tl.min(tl.where(mask, x, float("inf")), axis=1))
             nans += tl.sum((x != x).to(tl.int32), axis=1)
         else:
-            powered = tl.exp(p * tl.log(x))
+            powered = _pow_f64(x.to(tl.float64), p)
             total += _tree_sum(tl.where(mask, powered, 0.0).to(ACC_DTYPE))
     if NORM_KIND == 2:
-        norm = tl.sqrt(total)
+        norm = _sqrt(total, ACC_DTYPE).to(tl.float64)
     elif NORM_KIND == 0:
-        norm = tl.exp(tl.log(total) / p)
+        norm = _exp2_f64(_log2_f64(total.to(tl.float64)) / p)
     else:
-        norm = tl.where(nans > 0, float("nan"), total)
-    # The test and the factor in float64, as PyTorch's CPU renorm makes them (tl.full: a bare 1e-7
-    # literal would be rounded to float32 first).
+        norm = tl.where(nans > 0, float("nan"), total).to(tl.float64)
+    # The test and the factor in float64, as PyTorch's CPU renorm makes them.
     limit = _exact_float(max_norm, tl.float64)
-    norm64 = norm.to(tl.float64)
-    rescale = owned & (norm64 > limit)
-    scale = (limit / (norm64 + tl.full([], 1e-7, tl.float64))).to(ACC_DTYPE)
+    rescale = owned & (norm > limit)
+    scale = (limit / (norm + _f64(1e-7))).to(ACC_DTYPE)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         mask = rescale[:, None] & (cols < D)[None, :]

@@ -51,7 +51,7 @@ def stable_embedding_fwd_kernel(
 ):
     """out[t] = LayerNorm(weight[indices[t]] as CAST_DTYPE) as weight's dtype; BLOCK_T tokens per program."""
     offsets = tl.arange(0, BLOCK_T)
-    tokens = tl.program_id(0) * BLOCK_T + offsets
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + offsets
     token_mask = tokens < N
     tokens64 = tokens.to(tl.int64)
     rows = tl.load(indices_ptr + tokens64 * stride_i, mask=token_mask, other=0).to(tl.int64)
@@ -105,7 +105,7 @@ def stable_embedding_bwd_kernel(
     by ``embedding_backward.py``. Padding tokens add to the dγ/dβ partials but never to the weight
     gradient. BLOCK_T is fixed by D: the partials' sums do not depend on the config."""
     pid = tl.program_id(0)
-    row_start = pid * rows_per_program
+    row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, N)
     pw = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
     pb = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)

@@ -30,7 +30,7 @@ import triton.language as tl
 from .embedding_backward import SEG, _gradient_rows, _run_sum, _search
 from .layer_norm import _inverse, _load_vector, _store_partial_row
 from .numerics import _div, _round
-from .reductions import _tree_sum
+from .reductions import _row_sum
 
 
 @triton.jit
@@ -83,9 +83,8 @@ def _runs_of_chunk(
             ws = s * gamma
         else:
             ws = s
-        # Row sums by the fixed tree (a sum over one element then only unwraps it).
-        c1 = tl.sum(_tree_sum(tl.reshape(xhat * ws, [1, BLOCK_D])), axis=0) * inv_d
-        c2 = tl.sum(_tree_sum(tl.reshape(ws, [1, BLOCK_D])), axis=0) * inv_d
+        c1 = tl.sum(_row_sum(tl.reshape(xhat * ws, [1, BLOCK_D])), axis=0) * inv_d
+        c2 = tl.sum(_row_sum(tl.reshape(ws, [1, BLOCK_D])), axis=0) * inv_d
         if valid & (v != padding_idx):
             dx = (ws - (xhat * c1 + c2)) * rstd
             if SCALE_BY_FREQ:
@@ -136,7 +135,7 @@ def stable_embedding_runs_kernel(
     pid = tl.program_id(0)
     if pid < run_programs:
         _runs_of_chunk(weight_ptr, grad_ptr, sorted_ids_ptr, order_ptr, head_ptr, tail_ptr, gamma_ptr, mean_ptr,
-                       rstd_ptr, out_ptr, partial_w_ptr, partial_b_ptr, pid, N, D, V, padding_idx,
+                       rstd_ptr, out_ptr, partial_w_ptr, partial_b_ptr, pid.to(tl.int64), N, D, V, padding_idx,
                        stride_wv, stride_wd, stride_gn, stride_gd, stride_g, stride_ov, stride_od,
                        SCALE_BY_FREQ, HAS_WEIGHT, ACC_DTYPE, BLOCK_D)
     else:

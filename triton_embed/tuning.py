@@ -30,15 +30,11 @@ Config = dict[str, int]
 #: first entry is the default used without tuning. No entry changes a result's bits: the block sizes that
 #: shape a sum are fixed by the row width alone (``ops/tiles.py``), so tuning changes speed only.
 _FORWARD_ROWS = [
-    {"ELEMS": 8192, "num_warps": 16, "num_stages": 1},
-    {"ELEMS": 4096, "num_warps": 8, "num_stages": 1},
-    {"ELEMS": 4096, "num_warps": 16, "num_stages": 1},
-    {"ELEMS": 2048, "num_warps": 4, "num_stages": 1},
+    {"ELEMS": 8192, "num_stages": 1},
+    {"ELEMS": 1024, "num_stages": 1},
 ]
 _BACKWARD_ROWS = [
-    {"num_warps": 16, "num_stages": 1},
-    {"num_warps": 8, "num_stages": 1},
-    {"num_warps": 4, "num_stages": 1},
+    {"num_stages": 1},
 ]
 _GRADIENT_ROWS = [
     {"BLOCK_V": 16, "BLOCK_D": 2048, "num_warps": 8, "num_stages": 1},
@@ -76,10 +72,10 @@ CONFIGS: dict[str, list[Config]] = {
     # StableEmbedding's backward for a table in the default dtype (kernels/stable_embedding_runs.py): BLOCK_V
     # rows x BLOCK_D columns per store of the zeroing programs; the run programs hold a whole row.
     "stable_runs": [dict(c) for c in _GRADIENT_ROWS],
-    # LayerNorm and StableEmbedding: a row up to 8192 wide is held in registers whole (ops/tiles.py).
-    # Forward: ELEMS bounds the rows x columns tile (halved for float64 statistics). Backward: the rows
-    # per tile are fixed by D, only the warps are tuned. "maxnreg" 128 (the launch default) keeps ptxas
-    # from trading a spill for occupancy.
+    # LayerNorm and StableEmbedding: a row up to 8192 wide is held in registers whole (ops/tiles.py), the
+    # warps fixed by D (they order the row sums). Forward: ELEMS bounds the rows x columns tile (halved for
+    # float64 statistics): one row per program, or as many as the registers allow. Backward: the rows per
+    # tile are fixed by D too, so there is nothing to tune.
     "layer_norm": [dict(c) for c in _FORWARD_ROWS],
     "stable_forward": [dict(c) for c in _FORWARD_ROWS],
     "layer_norm_backward": [dict(c) for c in _BACKWARD_ROWS],

@@ -8,6 +8,7 @@ from triton_embed.kernels.gather import gather_rows_kernel
 
 from .. import errors, tuning
 from .._dispatch import device_guard, new_output, record_launch
+from .tiles import backend_options
 
 
 def gather(weight: torch.Tensor, indices: torch.Tensor, row_start: int = 0, total_rows: int | None = None
@@ -30,6 +31,7 @@ def gather(weight: torch.Tensor, indices: torch.Tensor, row_start: int = 0, tota
 
         def launch(config: tuning.Config) -> None:
             meta, options = tuning.split(config)
+            options = backend_options(options)
             meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
             grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]), triton.cdiv(dim, meta["BLOCK_D"]))
             gather_rows_kernel[grid](

@@ -32,7 +32,7 @@ from .._validation import check_index_bounds
 from .dtypes import accumulator_dtype, tl_dtype
 from .layer_norm import backward_programs, reduce_param_grads
 from .scalars import float_bits
-from .tiles import MAX_BLOCK_D, backward_tile, fit_warps, forward_tile
+from .tiles import backend_options, backward_tile, forward_tile
 
 INT8_ROWS, BLOCKWISE_4BIT = 0, 1
 _VARIANTS = {INT8_ROWS: "int8", BLOCKWISE_4BIT: "4bit"}
@@ -52,14 +52,16 @@ def _table_args(codes: Tensor, scales: Tensor, quant_map: Optional[Tensor], dim:
     return packed, scales.contiguous(), quant_map.contiguous(), blocksize.bit_length() - 1, dim, 1, fmt
 
 
-def stable_forward_tile(config: tuning.Config, dim: int, wide: bool, fmt: int) -> tuple[dict, dict, bool]:
-    """``tiles.forward_tile``, but a 4-bit table's rows streamed in pieces (D > BLOCK_D) get at most 16
-    elements per thread: each element is three gathers (byte, block absmax, code value), whose addresses would
-    otherwise spill. The forward's rows per program and warps do not change any result."""
-    meta, options, single = forward_tile(config, dim, wide)
+def stable_forward_tile(config: tuning.Config, dim: int, wide: bool, fmt: int, backend: str | None = None
+                        ) -> tuple[dict, dict, bool]:
+    """``tiles.forward_tile``, but an int8 table's rows spread as its 16-byte code loads are (16 values per
+    thread: otherwise the warps along a row would depend on the rows per program, and so would the row
+    sums), and a 4-bit table's rows streamed in pieces (D > BLOCK_D) one per program: each element is three
+    gathers (byte, block absmax, code value), whose addresses would otherwise spill. The forward's rows per
+    program do not change any result; the warps follow D alone."""
+    meta, options, single = forward_tile(config, dim, wide, backend, values=16 if fmt == INT8_ROWS else 8)
     if fmt == BLOCKWISE_4BIT and not single:
-        meta["BLOCK_T"] = max(1, min(meta["BLOCK_T"], (MAX_BLOCK_D // (2 if wide else 1)) // meta["BLOCK_D"]))
-        options["num_warps"] = fit_warps(options["num_warps"], meta["BLOCK_T"] * meta["BLOCK_D"], most=16)
+        meta["BLOCK_T"] = 1
     return meta, options, single
 
 
@@ -81,6 +83,7 @@ def gather(codes: Tensor, scales: Tensor, quant_map: Optional[Tensor], indices: 
 
         def launch(config: tuning.Config) -> None:
             meta, options = tuning.split(config)
+            options = backend_options(options)
             meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(dim))
             grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]), triton.cdiv(dim, meta["BLOCK_D"]))
             quantized_gather_kernel[grid](

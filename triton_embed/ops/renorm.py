@@ -12,10 +12,14 @@ from triton_embed.kernels import renorm as kernels
 from .. import errors, tuning
 from .._dispatch import device_guard, record_launch
 from .scalars import float_bits
-from .tiles import forward_tile
+from .tiles import backend_options, forward_tile
 
 #: Ids per program of the owner election (a fixed launch: it only scatters atomic minima).
 CLAIM_BLOCK = 1024
+#: Widest piece of a row whose norm takes a general p (a function of nothing else: it orders the sum).
+GENERAL_P_BLOCK_D = 2048
+#: Launch options of the owner election (made per backend at the launch).
+CLAIM_OPTIONS = {"num_warps": 4}
 
 
 def norm_kind(norm_type: float) -> int:
@@ -31,6 +35,29 @@ def norm_kind(norm_type: float) -> int:
     if norm_type == 0:
         return kernels.NORM_L0
     return kernels.NORM_GENERAL
+
+
+def renorm_tile(config: tuning.Config, dim: int, wide: bool, kind: int, backend: str | None = None
+                ) -> tuple[dict, dict]:
+    """(constexprs, launch options) of ``renorm_rows_kernel``: the forward LayerNorm tile (BLOCK_D fixed by D:
+    the norm is a sum), but for a general p one row per program in pieces of at most
+    :data:`GENERAL_P_BLOCK_D` columns, 4 values of a piece per thread: each value goes through a float64
+    logarithm and exponential, whose temporaries would otherwise spill."""
+    if kind != kernels.NORM_GENERAL:
+        meta, options, _ = forward_tile(config, dim, wide, backend)
+        return meta, options
+    meta, options, _ = forward_tile(config, min(dim, GENERAL_P_BLOCK_D), wide, backend, values=4)
+    meta["BLOCK_T"] = 1
+    return meta, options
+
+
+def owner_dtype(num_tokens: int) -> torch.dtype:
+    """The dtype of the row owners (token positions, and N itself for a row no token names).
+
+    >>> owner_dtype(2**31 - 1), owner_dtype(2**31)
+    (torch.int32, torch.int64)
+    """
+    return torch.int32 if num_tokens < 2**31 else torch.int64
 
 
 def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_type: float, row_start: int = 0,
@@ -54,11 +81,13 @@ def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_t
 
     def launch(config: tuning.Config, table: torch.Tensor, ids: torch.Tensor, start: int = row_start,
                total: int = total_rows) -> None:
-        meta, options, _ = forward_tile(config, dim, wide)
-        # Entry V of the owners says whether the call may change the table (claim_rows_kernel).
-        owner = torch.full((table.shape[0] + 1,), num_tokens, dtype=torch.int32, device=table.device)
+        meta, options = renorm_tile(config, dim, wide, kind)
+        # Entry V of the owners says whether the call may change the table (claim_rows_kernel). Owners are
+        # token positions: int64 once they no longer fit in int32.
+        owner = torch.full((table.shape[0] + 1,), num_tokens, dtype=owner_dtype(num_tokens), device=table.device)
         kernels.claim_rows_kernel[(triton.cdiv(num_tokens, CLAIM_BLOCK),)](
-            ids, owner, record, num_tokens, table.shape[0], start, total, BLOCK_T=CLAIM_BLOCK, num_warps=4,
+            ids, owner, record, num_tokens, table.shape[0], start, total, BLOCK_T=CLAIM_BLOCK,
+            **backend_options(CLAIM_OPTIONS),
         )
         kernels.renorm_rows_kernel[(triton.cdiv(num_tokens, meta["BLOCK_T"]),)](
             table, ids, owner, num_tokens, dim, table.shape[0], start, float_bits(max_norm), float_bits(norm_type),
