@@ -1,39 +1,39 @@
-"""Ahead-of-time compile every Triton kernel for sm_80 and sm_90 on a machine without a GPU.
+"""Ahead-of-time compile every Triton kernel for every target GPU on a machine without a GPU.
 
-    python tests/aot_compile.py --json report.json --table
+    python tests/aot_compile.py --table                       # the default (sampled) check, all six targets
+    python tests/aot_compile.py --all-configs --targets 90     # every config of every case, one target
 
-For each kernel spec in ``tests/aot_specs.py`` (every config of its autotune family x its dtype/flag
-variants x every target) this calls ``triton.compile`` with an explicit ``GPUTarget`` and reads the
-``ptxas -v`` report of the generated PTX (``compiled.asm["ptx"]``), from the ``ptxas`` shipped in the Triton
-wheel: registers, spill stores/loads, stack, shared memory (static from ptxas plus Triton's dynamic
-allocation), and how many 128-bit global loads the PTX has. Triton runs ``ptxas -v`` itself to build the
-cubin; its log is captured (``knobs.nvidia.dump_ptxas_log``) so that ptxas runs once per compile with
-Triton's exact options; on a Triton cache hit ptxas is run here with the same options. It also discovers
-every ``*_kernel`` JIT function in ``triton_embed.kernels`` and reports those without a spec.
+For each kernel spec in ``tests/aot_specs.py`` this calls ``triton.compile`` with an explicit ``GPUTarget``
+(``aot_targets.py``: sm_80, sm_90a, sm_100a, sm_120a, gfx942, gfx950) and the launch options the launcher
+passes on that backend, after checking that the backend's compiler knows every one of them (Triton's
+runtime raises a KeyError for an unknown option). It then reads the compiled code (``aot_read.py``):
+registers, spills, shared memory, occupancy, 128-bit loads and stores, barriers, approximate math, FMA, and
+the layout of every reduction. ``aot_rules.py`` turns those readings into failures.
 
-Compiles run in a pool of processes (``--jobs``, default: the CPUs available, at most 8).
+On NVIDIA targets the register and spill figures come from ``ptxas -v`` (the wheel's ``ptxas``): Triton runs
+it itself to build the cubin and its log is captured (``knobs.nvidia.dump_ptxas_log``); on a Triton cache
+hit ptxas is run here with Triton's options. On AMD targets they come from the AMDGCN listing's metadata.
 
-It must run *without* ``TRITON_INTERPRET`` (under the interpreter ``@triton.jit`` gives objects that cannot
-be compiled), which is why ``tests/test_aot_compile.py`` starts it as a subprocess. Works with Triton
-3.6 through 3.9; the version differences are handled in :func:`make_source` and :func:`ptxas_command`.
+Which compiles (the *sampled* default): every case of every kernel (``KernelSpec.cases(0)``: every dtype
+row and every flag setting) on every target, each with one config, the config index rotating with the case
+and the target so that every config is compiled somewhere; plus, for the kernels whose sums must not move
+with the config (``same_sums``), every config of every case on one target per backend (sm_90a, gfx942), so
+that their reduction layouts can be compared. ``--all-configs`` compiles every config x its cases x every
+target (``AOT_EXHAUSTIVE=1`` widens the cases to the full rows x settings product). It also discovers every
+``*_kernel`` JIT function in ``triton_embed.kernels`` and reports those without a spec.
+
+Compiles run in a pool of processes (``--jobs``, default: the CPUs available, at most 8). It must run
+*without* ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled), which is why
+``tests/test_aot_compile.py`` starts it as a subprocess. Works with Triton 3.6 through 3.9.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
-import importlib
-import inspect
-import io
 import json
 import multiprocessing
 import os
-import pkgutil
-import re
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -43,176 +43,22 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion")
+import aot_read  # noqa: E402
+import aot_rules  # noqa: E402
+import aot_targets  # noqa: E402
+from aot_triton import (  # noqa: E402
+    capture_triton_ptxas_log, cpu_seconds, discover, load_kernel, load_specs, make_source, ptxas_command,
+    reg_alloc_option, run_ptxas, sass,
+)
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion", "waves_per_eu")
 #: Config keys that are budgets a launcher turns into constexprs (ops/tiles.py), kept for launch_config.
 BUDGET_KEYS = ("ELEMS",)
 DEFAULT_SPECS = "aot_specs:SPECS"
 DEFAULT_PACKAGE = "triton_embed.kernels"
-#: Spill bytes (stores and loads each) tolerated per compile under Triton before 3.7, whose register
-#: allocation leaves a few rare variants (a 16-values-per-thread LayerNorm tile at D = 8192 without affine
-#: parameters, float64 at D = 4096, a 4-bit row streamed at D = 16384) with 12-32 bytes of stack traffic.
-#: None at all from Triton 3.7 on.
-OLD_TRITON_SPILL_BYTES = 32
-
-
-def spill_allowance(version: str | None = None) -> int:
-    """Spill bytes tolerated per compile for the given Triton version (default: the installed one)."""
-    if version is None:
-        import triton
-
-        version = triton.__version__
-    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
-    return OLD_TRITON_SPILL_BYTES if (major, minor) < (3, 7) else 0
-
-
-def spilling(results: list[dict], allowance: int) -> list[dict]:
-    """The compiled results whose spill stores or loads exceed ``allowance`` bytes."""
-    return [r for r in results if r["ok"] and max(r["spill_stores"], r["spill_loads"]) > allowance]
-
-
-# --------------------------------------------------------------------------------------------------
-# Triton version shims
-# --------------------------------------------------------------------------------------------------
-
-def unwrap_jit(obj):
-    """The JITFunction behind an object (autotune/heuristics wrappers keep it in ``.fn``), else None."""
-    from triton.runtime.jit import JITFunction
-
-    for _ in range(4):
-        if isinstance(obj, JITFunction):
-            return obj
-        obj = getattr(obj, "fn", None)
-        if obj is None:
-            return None
-    return None
-
-
-def make_source(fn, signature: dict[str, str], constexprs: dict[str, Any], aligned: tuple[str, ...], target):
-    """An ``ASTSource`` for ``fn``: ``signature`` maps every argument to a type or ``"constexpr"``, the
-    constexpr values go in ``constexprs={name: value}`` (Triton >= 3.3; earlier 3.x called the argument
-    ``constants``), and the ``aligned`` arguments get ``tt.divisibility = 16`` through ``attrs``, in the
-    format the backend gives the runtime's own ``"D"`` specialisation. Checked with Triton 3.6 and 3.9."""
-    from triton.compiler import ASTSource, make_backend
-
-    names = list(fn.arg_names)
-    parse_attr = make_backend(target).parse_attr
-    attrs = {(names.index(a),): parse_attr("D") for a in aligned}
-    spelling = "constexprs" if "constexprs" in inspect.signature(ASTSource.__init__).parameters else "constants"
-    return ASTSource(fn=fn, signature=signature, attrs=attrs, **{spelling: constexprs})
-
-
-def gpu_target(capability: int):
-    from triton.backends.compiler import GPUTarget
-
-    return GPUTarget("cuda", capability, 32)
-
-
-def arch_name(capability: int) -> str:
-    """The ``--gpu-name`` Triton itself gives ptxas (``sm_90a`` for Hopper)."""
-    try:
-        from triton.backends.nvidia.compiler import sm_arch_from_capability
-
-        return sm_arch_from_capability(capability)
-    except ImportError:
-        return f"sm_{capability}{'a' if capability >= 90 else ''}"
-
-
-def ptxas_path(capability: int) -> str:
-    """The ptxas Triton uses for this target: it ships in the wheel (``backends/nvidia/bin``)."""
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        try:
-            return get_ptxas(capability).path
-        except TypeError:  # versions whose get_ptxas takes no arch
-            return get_ptxas().path
-    except (ImportError, AttributeError):
-        pass
-    try:
-        import triton
-
-        return triton.knobs.nvidia.ptxas.path
-    except AttributeError:
-        import triton.backends.nvidia as nv
-
-        return str(Path(nv.__file__).parent / "bin" / "ptxas")
-
-
-def _triton_ptxas_extra_options() -> list[str]:
-    """Options Triton adds to its own ptxas call that change register allocation (3.9: --regAllocOptLevel=2)."""
-    try:
-        from triton.backends.nvidia.compiler import CUDABackend
-
-        src = inspect.getsource(CUDABackend.make_cubin)
-    except Exception:
-        return []
-    return [opt for opt in ("--regAllocOptLevel=2",) if opt in src]
-
-
-def ptxas_command(capability: int, ptx_file: str) -> list[str]:
-    return [ptxas_path(capability), "-lineinfo", "-v", *_triton_ptxas_extra_options(),
-            f"--gpu-name={arch_name(capability)}", ptx_file, "-o", os.devnull]
-
-
-# --------------------------------------------------------------------------------------------------
-# Discovery
-# --------------------------------------------------------------------------------------------------
-
-def discover(package: str) -> dict[str, list[dict[str, str]]]:
-    """Every ``@triton.jit`` function defined in ``package`` (or in that one module).
-
-    ``kernels``: names ending in ``_kernel``; ``unclassified``: public names that neither end in ``_kernel``
-    nor start with ``_`` (device helpers are ``_private``), so that a kernel cannot escape the check
-    through its name; ``import_errors``: modules that failed to import."""
-    root = importlib.import_module(package)
-    modules = [root]
-    errors = []
-    if hasattr(root, "__path__"):
-        for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda m: m.name):
-            name = f"{package}.{info.name}"
-            try:
-                modules.append(importlib.import_module(name))
-            except Exception as exc:  # a module that cannot even be imported is a failure, not a skip
-                errors.append({"module": name, "error": f"{type(exc).__name__}: {exc}"})
-    kernels, unclassified, seen = [], [], set()
-    for module in modules:
-        for attr, obj in sorted(vars(module).items()):
-            fn = unwrap_jit(obj)
-            if fn is None:
-                continue
-            defined_in = getattr(fn, "module", None) or fn.fn.__module__
-            name = fn.fn.__name__
-            if defined_in != module.__name__ or (defined_in, name) in seen:
-                continue  # re-exported from elsewhere
-            seen.add((defined_in, name))
-            entry = {"module": defined_in, "name": name, "key": f"{defined_in}.{name}"}
-            if name.endswith("_kernel"):
-                kernels.append(entry)
-            elif not name.startswith("_"):
-                unclassified.append(entry)
-    return {"kernels": kernels, "unclassified": unclassified, "import_errors": errors}
-
-
-# --------------------------------------------------------------------------------------------------
-# Jobs
-# --------------------------------------------------------------------------------------------------
-
-_SPECS: dict[str, dict] = {}
-
-
-def load_specs(source: str) -> dict:
-    if source not in _SPECS:
-        module, attr = source.split(":")
-        specs = getattr(importlib.import_module(module), attr)
-        _SPECS[source] = specs if isinstance(specs, dict) else {s.key: s for s in specs}
-    return _SPECS[source]
-
-
-def load_kernel(spec):
-    fn = unwrap_jit(getattr(importlib.import_module(spec.module), spec.name))
-    if fn is None:
-        raise TypeError(f"{spec.key} is not a @triton.jit function")
-    return fn
+#: Where ``same_sums`` kernels compile every config (one target per backend).
+SWEEP_TARGETS = ("sm_90a", "gfx942")
+ELEMENT_BYTES = {"fp64": 8, "i64": 8, "fp32": 4, "i32": 4, "bf16": 2, "fp16": 2, "i16": 2, "i8": 1}
 
 
 def kernel_configs(spec, arg_names: list[str]) -> list[dict[str, int]]:
@@ -248,150 +94,133 @@ def build_signature(fn, spec, variant, config) -> tuple[dict[str, str], dict[str
     return signature, {k: v for k, v in constexprs.items() if k in names}
 
 
-_PTXAS_PATTERNS = {
-    "registers": re.compile(r"Used (\d+) registers"),
-    "stack": re.compile(r"(\d+) bytes stack frame"),
-    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
-    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
-    "smem_static": re.compile(r"(\d+) bytes smem"),
-}
-# ld.global[.nc][.L1::evict_last][...].v4.b32 and friends; the width is lanes x bits.
-_VECTOR_LOAD = re.compile(r"\bld\.global(?:\.[A-Za-z0-9_:]+)*?\.v(\d+)\.[a-z]+(\d+)\b")
-
-
-def parse_ptxas(log: str) -> dict[str, int]:
-    out = {}
-    for key, pattern in _PTXAS_PATTERNS.items():
-        values = [int(v) for v in pattern.findall(log)]
-        out[key] = max(values) if values else 0
-    return out
-
-
-def count_vector_loads(ptx: str, min_bits: int = 128) -> int:
-    return sum(1 for lanes, bits in _VECTOR_LOAD.findall(ptx) if int(lanes) * int(bits) >= min_bits)
-
-
-def expected_vector_loads(spec, variant, config) -> int:
-    """128-bit loads a thread needs to read its share of the kernel's main tile (at least 1)."""
-    if not spec.vector_tile or variant.element is None:
+def expected_vector(tile: tuple[str, str] | None, variant, config, warp_size: int) -> int:
+    """128-bit accesses a thread needs to move its share of a ``rows x cols`` tile (at least 1)."""
+    if not tile or variant.element is None:
         return 1
-    from aot_specs import ELEMENT_BYTES
-
-    rows, cols = spec.vector_tile
-    threads = 32 * config.get("num_warps", 4)
-    tile_bytes = config[rows] * config[cols] * ELEMENT_BYTES[variant.element]
-    return max(1, tile_bytes // threads // 16)
+    rows, cols = tile
+    threads = warp_size * config.get("num_warps", 4)
+    return max(1, config[rows] * config[cols] * ELEMENT_BYTES[variant.element] // threads // 16)
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (ptxas): the machine-load-independent cost."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def unknown_options(target, options: dict[str, Any]) -> tuple[list[str], Any]:
+    """The options the backend's compiler does not know (each a KeyError at launch), and its parsed options."""
+    from triton.compiler import make_backend
+
+    parsed = make_backend(target).parse_options(dict(options))
+    return sorted(k for k in options if k not in parsed.__dict__), parsed
 
 
-@contextlib.contextmanager
-def capture_triton_ptxas_log():
-    """While compiling, collect the ``ptxas -v`` log of Triton's own cubin build (``dump_ptxas_log``
-    prints it), so each compile runs ptxas once: with exactly Triton's options, on the PTX it generated."""
-    buf = io.StringIO()
-    nvidia = getattr(getattr(sys.modules.get("triton"), "knobs", None), "nvidia", None)
-    if nvidia is None or not hasattr(nvidia, "dump_ptxas_log"):
-        yield buf
-        return
-    previous = nvidia.dump_ptxas_log
-    nvidia.dump_ptxas_log = True
-    try:
-        with contextlib.redirect_stdout(buf):
-            yield buf
-    finally:
-        nvidia.dump_ptxas_log = previous
+def _read(result: dict, compiled, backend: str, capability: int | None, log: str, name: str) -> None:
+    asm = {k: (v.decode() if isinstance(v, bytes) and k != "cubin" and k != "hsaco" else v)
+           for k, v in compiled.asm.items()}
+    if backend == "cuda":
+        code = asm["ptx"]
+        if not (aot_read._PTXAS_PATTERNS["registers"].search(log) and "spill stores" in log):
+            log = run_ptxas(capability, code, name, fmad=bool(result["fp_fusion"]))  # a cache hit: no log
+            result["ptxas_run_by"] = "aot_compile"
+        else:
+            result["ptxas_run_by"] = "triton"
+        result.update(aot_read.parse_ptxas(log))
+        if result["spill_stores"] or result["spill_loads"]:
+            if reg_alloc_option():  # without Triton's register-allocation workaround too? (Not: its artefact.)
+                plain = aot_read.parse_ptxas(run_ptxas(capability, code, name, bool(result["fp_fusion"]), extra=False))
+                result["spills_without_reg_alloc_option"] = max(plain["spill_stores"], plain["spill_loads"])
+            result["subroutine_calls"] = aot_read.count_calls(sass(compiled.asm["cubin"]))
+        numerics = code
+    else:
+        code = asm["amdgcn"]
+        result.update(aot_read.parse_amdgcn(code))
+        numerics = asm["llir"]
+    result["vector_loads"] = aot_read.count_vector(code, backend, "load")
+    result["vector_stores"] = aot_read.count_vector(code, backend, "store")
+    result["barriers"] = aot_read.count_barriers(code, backend)
+    result["approx"] = aot_read.approximations(numerics, backend)
+    result["fma"] = aot_read.count_fma(numerics, backend)
+    result["reduce_layouts"] = aot_read.reduce_layouts(asm.get("ttgir", ""))
 
 
-def run_ptxas(capability: int, ptx: str, name: str) -> str:
-    """``ptxas -v`` on ``ptx`` for the target (the log; the cubin is discarded)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx_file = os.path.join(tmp, f"{name}.ptx")
-        Path(ptx_file).write_text(ptx)
-        proc = subprocess.run(ptxas_command(capability, ptx_file), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ptxas failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return proc.stderr + proc.stdout
-
-
-def compile_one(job: tuple[str, str, int, int, int]) -> dict[str, Any]:
-    """Compile one (kernel, config, variant, target); never raises: failures are reported in the result."""
-    source, key, config_index, variant_index, capability = job
+def compile_one(job: tuple) -> dict[str, Any]:
+    """Compile one (kernel, config, case, target) and read it; never raises: failures are data."""
+    source, key, config_index, rotation, case_index, target_name = job
     spec = load_specs(source)[key]
-    result: dict[str, Any] = {"kernel": spec.name, "module": spec.module, "target": arch_name(capability),
-                              "capability": capability, "ok": False, "error": None}
-    started, cpu_started = time.perf_counter(), _cpu_seconds()
+    machine = aot_targets.MACHINES[target_name]
+    result: dict[str, Any] = {"kernel": spec.name, "module": spec.module, "target": target_name,
+                              "backend": machine.backend, "ok": False, "error": None}
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     try:
         fn = load_kernel(spec)
-        config = kernel_configs(spec, list(fn.arg_names))[config_index]
-        variant = spec.variants(config_index)[variant_index]
-        if spec.launch_config is not None:  # the tile and options the launcher derives for this case
-            config = spec.launch_config(config, spec.cases(config_index)[variant_index])
+        case = spec.cases(rotation)[case_index]
+        variant = spec.variant(case)
+        config = spec.launched(kernel_configs(spec, list(fn.arg_names))[config_index], case, machine.backend)
         result.update(config=config, config_label=config_label(config), variant=variant.label)
         signature, constexprs = build_signature(fn, spec, variant, config)
-        target = gpu_target(capability)
+        target = aot_targets.gpu_target(target_name)
+        options = {k: config[k] for k in LAUNCH_OPTIONS if k in config}
+        unknown, parsed = unknown_options(target, options)
+        if unknown:
+            raise KeyError(f"launch options {unknown} are unknown to Triton's {machine.backend} backend: its runtime "
+                           "raises KeyError at the launch")
+        result["fp_fusion"] = bool(parsed.enable_fp_fusion)
         import triton
 
-        options = {k: config[k] for k in LAUNCH_OPTIONS if k in config}
         with capture_triton_ptxas_log() as log:
             compiled = triton.compile(make_source(fn, signature, constexprs, variant.aligned, target),
                                       target=target, options=options)
-        ptx = compiled.asm["ptx"]
-        if isinstance(ptx, bytes):
-            ptx = ptx.decode()
         result["smem_dynamic"] = int(getattr(compiled.metadata, "shared", 0) or 0)
-        result["vector_loads"] = count_vector_loads(ptx)
-        if spec.needs_vector_loads:
-            result["vector_loads_expected"] = expected_vector_loads(spec, variant, config)
-        ptxas_log = log.getvalue()
-        if _PTXAS_PATTERNS["registers"].search(ptxas_log) and _PTXAS_PATTERNS["spill_stores"].search(ptxas_log):
-            result["ptxas_run_by"] = "triton"
-        else:  # a cache hit (no ptxas run), or a Triton that does not print the log: run ptxas -v here
-            result["ptxas_run_by"] = "aot_compile"
-            ptxas_log = run_ptxas(capability, ptx, spec.name)
-        result.update(parse_ptxas(ptxas_log))
+        capability = aot_targets.capability(target_name) if machine.backend == "cuda" else None
+        _read(result, compiled, machine.backend, capability, log.getvalue(), spec.name)
         result["smem"] = result["smem_static"] + result["smem_dynamic"]
+        result["occupancy"] = aot_targets.occupancy(target_name, config.get("num_warps", 4), result["registers"],
+                                                    result["smem"])
+        result["vector_loads_expected"] = expected_vector(spec.vector_loads, variant, config, machine.warp_size)
+        result["vector_stores_expected"] = expected_vector(spec.vector_stores, variant, config, machine.warp_size)
         result["ok"] = True
     except Exception as exc:  # noqa: BLE001 - every failure is data for the report
         message = f"{type(exc).__name__}: {exc}"
         result["error"] = message if len(message) < 4000 else message[:4000] + " ..."
     result["seconds"] = round(time.perf_counter() - started, 3)
-    result["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 3)
-    result["needs_vector_loads"] = bool(spec.needs_vector_loads)
+    result["cpu_seconds"] = round(cpu_seconds() - cpu_started, 3)
+    result["rules"] = aot_rules.rules_of(spec)
     return result
 
 
-def plan(source: str, only: set[str] | None, targets: tuple[int, ...]) -> tuple[list[tuple], list[dict]]:
-    """All jobs of a spec set, and the specs that could not be expanded (kernel missing, bad spec)."""
-    jobs, bad = [], []
+def plan(source: str, only: set[str] | None, targets: tuple[str, ...], all_configs: bool = False
+         ) -> tuple[list[tuple], list[dict]]:
+    """The jobs of a spec set (see the module docstring), and the specs that cannot be expanded."""
+    jobs, bad, seen = [], [], set()
+    sweep = {t for t in SWEEP_TARGETS if t in targets}
     for key, spec in load_specs(source).items():
         if only and spec.name not in only and key not in only:
             continue
         try:
             fn = load_kernel(spec)
             configs = kernel_configs(spec, list(fn.arg_names))
-            variants = [spec.variants(ci) for ci in range(len(configs))]
-            for ci, config in enumerate(configs):  # fail early on a spec that does not match the kernel
-                for vi, variant in enumerate(variants[ci]):
-                    launched = config
-                    if spec.launch_config is not None:
-                        launched = spec.launch_config(config, spec.cases(ci)[vi])
-                    build_signature(fn, spec, variant, launched)
+            wanted = []  # (config index, case rotation, case index, target)
+            for ti, target in enumerate(targets):
+                rotations = range(len(configs)) if all_configs else (0,)
+                for rotation in rotations:
+                    for vi in range(len(spec.cases(rotation))):
+                        if all_configs:
+                            chosen = [rotation]
+                        elif spec.same_sums and target in sweep:
+                            chosen = range(len(configs))
+                        else:
+                            chosen = [(vi + ti) % len(configs)]
+                        wanted += [(ci, rotation, vi, target) for ci in chosen]
+            for ci, rotation, vi, target in wanted:
+                case = spec.cases(rotation)[vi]
+                launched = spec.launched(configs[ci], case, aot_targets.backend_of(target))
+                build_signature(fn, spec, spec.variant(case), launched)  # fail early on a spec that does not fit
+                identity = (key, spec.variant(case).label, tuple(sorted(launched.items())), target)
+                if identity not in seen:
+                    seen.add(identity)
+                    jobs.append((source, key, ci, rotation, vi, target))
         except Exception as exc:  # noqa: BLE001
             bad.append({"kernel": spec.name, "module": spec.module, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        for ci in range(len(configs)):
-            for vi in range(len(variants[ci])):
-                for cap in targets:
-                    jobs.append((source, key, ci, vi, cap))
     # Interleave the kernels, so that the slow ones do not all queue at the end of the pool.
     order = {key: i for i, key in enumerate(load_specs(source))}
-    jobs.sort(key=lambda job: (job[2], job[3], job[4], order[job[1]]))
+    jobs.sort(key=lambda job: (job[4], job[2], job[5], order[job[1]]))
     return jobs, bad
 
 
@@ -405,12 +234,14 @@ def _init_worker() -> None:
 
 
 def run(source: str = DEFAULT_SPECS, package: str | None = DEFAULT_PACKAGE, jobs: int | None = None,
-        only: set[str] | None = None, targets: tuple[int, ...] = (80, 90)) -> dict[str, Any]:
+        only: set[str] | None = None, targets: tuple[str, ...] = aot_targets.ALL_TARGETS,
+        all_configs: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     _init_worker()
     import triton
 
-    report: dict[str, Any] = {"triton_version": triton.__version__, "spec_source": source}
+    report: dict[str, Any] = {"triton_version": triton.__version__, "spec_source": source,
+                              "targets": list(targets), "all_configs": all_configs}
     specs = load_specs(source)
     if package:
         found = discover(package)
@@ -420,8 +251,9 @@ def run(source: str = DEFAULT_SPECS, package: str | None = DEFAULT_PACKAGE, jobs
         report["missing_specs"] = [k["key"] for k in found["kernels"] if k["key"] not in specs]
     report["spec_keys"] = sorted(specs)
     report["needs_vector_loads"] = sorted(s.name for s in specs.values() if s.needs_vector_loads)
-    report["ptxas"] = {arch_name(c): ptxas_command(c, "<ptx>") for c in targets}
-    work, bad = plan(source, only, targets)
+    report["ptxas"] = {t: ptxas_command(aot_targets.capability(t), "<ptx>") for t in targets
+                       if aot_targets.backend_of(t) == "cuda"}
+    work, bad = plan(source, only, targets, all_configs)
     order = {key: i for i, key in enumerate(specs)}
     report["bad_specs"] = bad
     workers = jobs or max(1, min(8, len(os.sched_getaffinity(0))))
@@ -438,45 +270,6 @@ def run(source: str = DEFAULT_SPECS, package: str | None = DEFAULT_PACKAGE, jobs
     return report
 
 
-# --------------------------------------------------------------------------------------------------
-# Report
-# --------------------------------------------------------------------------------------------------
-
-def format_table(results: list[dict[str, Any]]) -> str:
-    header = ("kernel", "config", "variant", "target", "regs", "smem", "spill st/ld", "v128 ld")
-    rows = [header]
-    for r in results:
-        if not r["ok"]:
-            rows.append((r["kernel"], r.get("config_label", "?"), r.get("variant", "?"), r["target"],
-                         "FAILED", "", "", ""))
-            continue
-        vec = str(r["vector_loads"])
-        if r.get("needs_vector_loads"):
-            vec += f"/{r['vector_loads_expected']}"
-        rows.append((r["kernel"], r["config_label"], r["variant"], r["target"], str(r["registers"]),
-                     str(r["smem"]), f"{r['spill_stores']}/{r['spill_loads']}", vec))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
-
-
-def format_summary(results: list[dict[str, Any]]) -> str:
-    """Per kernel and target: compiles, failures, register range, max shared memory, spilling compiles."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["kernel"], r["target"]), []).append(r)
-    lines = [f"{'kernel':28} {'target':7} {'compiles':>8} {'failed':>6} {'regs':>9} {'max smem':>9} {'spilling':>8} "
-             f"{'cpu s':>7}"]
-    for (kernel, target), rs in groups.items():
-        ok = [r for r in rs if r["ok"]]
-        regs = f"{min(r['registers'] for r in ok)}-{max(r['registers'] for r in ok)}" if ok else "-"
-        smem = max((r["smem"] for r in ok), default=0)
-        spilling = sum(1 for r in ok if r["spill_stores"] or r["spill_loads"])
-        cpu = sum(r.get("cpu_seconds", 0) for r in rs)
-        lines.append(f"{kernel:28} {target:7} {len(rs):8} {len(rs) - len(ok):6} {regs:>9} {smem:9} {spilling:8} "
-                     f"{cpu:7.1f}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the full report here")
@@ -486,25 +279,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("AOT_JOBS", "0")) or None,
                         help="compile processes (default: available CPUs, at most 8; env AOT_JOBS)")
     parser.add_argument("--only", help="comma-separated kernel names to compile")
-    parser.add_argument("--targets", default="80,90", help="compute capabilities (default %(default)s)")
+    parser.add_argument("--targets", default="all",
+                        help="target names or capabilities, comma-separated, or 'all' (default %(default)s: "
+                             + ", ".join(aot_targets.ALL_TARGETS) + ")")
+    parser.add_argument("--all-configs", action="store_true",
+                        default=os.environ.get("AOT_ALL_CONFIGS", "0") not in ("0", ""),
+                        help="every config of every case on every target (env AOT_ALL_CONFIGS=1)")
     parser.add_argument("--table", action="store_true", help="print the per-compile table")
     args = parser.parse_args(argv)
-    report = run(args.specs, args.discover or None, args.jobs,
-                 set(args.only.split(",")) if args.only else None,
-                 tuple(int(t) for t in args.targets.split(",")))
+    report = run(args.specs, args.discover or None, args.jobs, set(args.only.split(",")) if args.only else None,
+                 aot_targets.parse_targets(args.targets), args.all_configs)
+    report["failures"] = aot_rules.failures(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     if args.table:
-        print(format_table(report["results"]))
-    print(format_summary(report["results"]))
-    failed = [r for r in report["results"] if not r["ok"]]
-    spills = spilling(report["results"], 0)
-    allowance = spill_allowance()
-    over = spilling(report["results"], allowance)
-    tolerated = f" ({len(spills) - len(over)} within this Triton's {allowance} B allowance)" if allowance else ""
-    print(f"{len(report['results'])} compiles, {len(failed)} failed, {len(spills)} spilling{tolerated}, "
+        print(aot_rules.format_table(report["results"]))
+    print(aot_rules.format_summary(report["results"]))
+    for rule, problems in report["failures"].items():
+        for problem in problems[:10]:
+            print(f"FAIL [{rule}] {problem}")
+    total = sum(len(p) for p in report["failures"].values())
+    print(f"{len(report['results'])} compiles for {', '.join(report['targets'])}: {total} failures, "
           f"{report['elapsed_s']} s on {report['workers']} processes ({report['compile_cpu_s']} CPU s compiling)")
-    return 1 if failed or over or report.get("missing_specs") or report["bad_specs"] else 0
+    return 1 if total else 0
 
 
 if __name__ == "__main__":

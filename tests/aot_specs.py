@@ -5,13 +5,19 @@ One :class:`KernelSpec` per ``@triton.jit`` kernel. A spec names the kernel, its
 and how the launchers in ``triton_embed/ops`` call it:
 
 - ``rows``: the dtype combinations (weight dtype, and for the cheap kernels index dtype too). Every row is
-  compiled with every config for every target.
+  compiled for every target.
 - ``settings``: values of the constexpr flags (``SCALE_BY_FREQ``, ``NORM_KIND``, ``MODE``, ``HAS_WEIGHT``,
   ``SINGLE_BLOCK``, the default-dtype cast, ...) and, for the big fused kernels, the index dtype. They are
   rotated over the rows, shifted by one per config: each config x target compiles every row and every
-  setting at least once, and across configs the settings meet different rows. This keeps the whole test
-  under three minutes on two cores; ``AOT_EXHAUSTIVE=1`` compiles the full rows x settings product.
-- ``make``: builds the :class:`Variant` (argument types, constexprs, alignment) of one row + setting.
+  setting at least once, and across configs the settings meet different rows. ``AOT_EXHAUSTIVE=1``
+  compiles the full rows x settings product; ``aot_compile.py`` samples configs by default (see there).
+- ``make``: builds the :class:`Variant` (argument types, constexprs, alignment) of one row + setting;
+- ``launch_config``: (config, case, backend) -> the constexprs and launch options the launcher derives
+  (``triton_embed/ops/tiles.py``), per Triton backend: the check compiles with exactly those options and
+  fails on any the backend's compiler does not know, as Triton's runtime would;
+- the rules the compiled code must meet: ``approx`` (classes of approximate math the op may use, see
+  ``aot_read.APPROX_PTX``; none by default), ``vector_loads``/``vector_stores`` (the rows x cols tile read
+  and written with 128-bit accesses), ``max_barriers`` and ``min_warps`` (resident warps per SM).
 
 Argument types use Triton's signature spelling: ``"*fp32"`` (pointer to float32), ``"i32"``, ``"i64"``
 (also the float64 bits the launchers pass for exact float scalars). Constexprs are given by value. Block
@@ -23,15 +29,16 @@ Specialisation, as Triton's runtime does it for contiguous tensors whose dim is 
   strides, and the 0 strides passed for absent LayerNorm parameters) carry ``tt.divisibility = 16``.
 Every scalar size and stride is ``i32``: Triton passes an int as i64 only when it does not fit in 32 bits,
 and no single count or stride does (V·D may exceed 2³¹, which is why the kernels widen offsets to int64
-themselves). 64-bit data lives behind pointers: int64 ids and ``torch.sort`` orders.
+themselves). 64-bit data lives behind pointers: int64 ids and ``torch.sort`` orders. (A token count of 2³¹
+or more arrives as ``i64``: the cases with ``"N": "i64"`` compile that specialisation too.)
 
 When you add a kernel, add its spec here: ``tests/test_aot_compile.py`` fails for any kernel without one.
-Set ``needs_vector_loads=True`` for kernels whose main loads must be 128-bit (the forward gather, the fused
-StableEmbedding forward); ``vector_tile`` names the constexprs of the ``rows x cols`` tile a program loads,
-so that the check can demand enough 128-bit loads to read the whole tile.
+``vector_loads`` names the constexprs of the ``rows x cols`` tile a program loads (``vector_stores`` the one
+it writes), so that the check can demand enough 128-bit accesses to move the whole tile.
 
-This module imports only ``triton.language`` and ``triton_embed.tuning`` (for the config lists), never the
-kernels, so importing it under ``TRITON_INTERPRET=1`` is harmless.
+This module imports only ``triton.language``, ``aot_targets`` and ``triton_embed``'s tuning and tile modules
+(for the config lists and launch options), never the kernels, so importing it under ``TRITON_INTERPRET=1``
+is harmless.
 """
 from __future__ import annotations
 
@@ -41,18 +48,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import triton.language as tl
+from aot_targets import ALL_TARGETS
 
 #: Weight dtypes the launchers support (float64 tables accumulate in float64).
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp64")
 #: Index dtypes accepted by the public API.
 INDEX_DTYPES = ("i32", "i64")
-#: Compute capabilities compiled for: A100 (sm_80) and H100/H200 (sm_90).
-TARGETS = (80, 90)
+#: Targets compiled for (``aot_targets.py``): A100, H100/H200, B200, RTX 50 Blackwell, MI300X, MI350X.
+TARGETS = ALL_TARGETS
 #: Compile the full rows x settings product instead of the rotation.
 EXHAUSTIVE = os.environ.get("AOT_EXHAUSTIVE", "0") not in ("0", "", "false", "False")
 
 #: Bytes per element of each Triton dtype name, for the vector-load expectation.
 ELEMENT_BYTES = {"fp64": 8, "i64": 8, "fp32": 4, "i32": 4, "bf16": 2, "fp16": 2, "i16": 2, "i8": 1}
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion", "waves_per_eu")
 
 _TL = {"fp32": tl.float32, "fp64": tl.float64, "bf16": tl.bfloat16, "fp16": tl.float16}
 
@@ -65,7 +75,7 @@ class Variant:
     constexprs: dict[str, Any] = field(default_factory=dict)
     #: Arguments known to be multiples of 16 (ints) or 16-byte aligned (pointers).
     aligned: tuple[str, ...] = ()
-    #: dtype of the tile checked for 128-bit loads (the table's dtype), for ``needs_vector_loads`` specs.
+    #: dtype of the tiles checked for 128-bit loads and stores (the rows' dtype).
     element: str | None = None
     label: str = ""
 
@@ -83,6 +93,11 @@ def _fmt(value: Any) -> str:
     return str(value)  # tl.float32 prints as fp32
 
 
+#: The approximate-math class the LayerNorm family may use: the float32 rstd is the hardware reciprocal
+#: square root, as PyTorch's CUDA LayerNorm computes it (``kernels/layer_norm.py``'s ``_rstd``).
+LAYER_NORM_APPROX = frozenset({"rsqrt"})
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     module: str
@@ -91,18 +106,34 @@ class KernelSpec:
     rows: tuple[dict[str, Any], ...]
     make: Callable[[dict[str, Any]], Variant]
     settings: tuple[dict[str, Any], ...] = ({},)
-    needs_vector_loads: bool = False
-    #: (rows constexpr, cols constexpr): the program's main load is one rows x cols tile.
-    vector_tile: tuple[str, str] | None = None
+    #: (rows constexpr, cols constexpr): the program's main load is one rows x cols tile of 128-bit loads.
+    vector_loads: tuple[str, str] | None = None
+    #: (rows constexpr, cols constexpr): the program's main store, of 128-bit stores.
+    vector_stores: tuple[str, str] | None = None
     #: Config list override (kernels launched with a fixed config, self-tests), or a function returning
     #: it; None means ``triton_embed.tuning.CONFIGS[family]``.
     configs: tuple[dict[str, int], ...] | Callable[[], list[dict[str, int]]] | None = None
-    #: (config, case) -> the config as the launcher launches it for that case (derived tile, ptxas options).
-    launch_config: Callable[[dict[str, int], dict[str, Any]], dict[str, int]] | None = None
+    #: (config, case, backend) -> the config as the launcher launches it (derived tile, launch options).
+    launch_config: Callable[[dict[str, int], dict[str, Any], str], dict[str, int]] | None = None
+    #: Approximate-math classes the op may use (``aot_read.APPROX_PTX``): none unless documented.
+    approx: frozenset[str] = frozenset()
+    #: Most block-wide barriers in the compiled code (None: not checked).
+    max_barriers: int | None = None
+    #: Fewest warps resident per SM (from registers and shared memory) on every target.
+    min_warps: int = 8
+    #: Whether the launcher pins FMA contraction (every launcher in ops/ does).
+    pins_fp_fusion: bool = True
+    #: Whether its sums are ``tl.sum`` under tuned configs: the check then compiles every config of each
+    #: case on one target per backend and requires the same reduction layouts.
+    same_sums: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.module}.{self.name}"
+
+    @property
+    def needs_vector_loads(self) -> bool:
+        return self.vector_loads is not None
 
     def config_list(self) -> list[dict[str, int]]:
         if callable(self.configs):
@@ -114,16 +145,32 @@ class KernelSpec:
         return [dict(c) for c in CONFIGS[self.family]]
 
     def cases(self, config_index: int) -> list[dict[str, Any]]:
-        """The row + setting combinations compiled with config ``config_index``."""
+        """The row + setting combinations compiled with config ``config_index`` (every row and every
+        setting appear in each list)."""
         if EXHAUSTIVE:
             return [{**r, **s} for r, s in itertools.product(self.rows, self.settings)]
         n_rows, n_settings = len(self.rows), len(self.settings)
         return [{**self.rows[i % n_rows], **self.settings[(i + config_index) % n_settings]}
                 for i in range(max(n_rows, n_settings))]
 
+    def variant(self, case: dict[str, Any]) -> Variant:
+        made = self.make(case)
+        if case.get("N") == "i64":  # 2**31 tokens or more: Triton passes the count as i64
+            made = replace(made, types={**made.types, "N": "i64"})
+        return replace(made, label=" ".join(f"{k}={_fmt(v)}" for k, v in case.items()))
+
     def variants(self, config_index: int) -> list[Variant]:
-        return [replace(self.make(case), label=" ".join(f"{k}={_fmt(v)}" for k, v in case.items()))
-                for case in self.cases(config_index)]
+        return [self.variant(case) for case in self.cases(config_index)]
+
+    def launched(self, config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
+        """The constexprs and launch options a launcher passes for ``config`` and ``case`` on ``backend``."""
+        if self.launch_config is not None:
+            return self.launch_config(config, case, backend)
+        from triton_embed.ops.tiles import backend_options
+
+        meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+        options = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
+        return {**meta, **(backend_options(options, backend) if self.pins_fp_fusion else options)}
 
 
 def acc_dtype(dtype: str) -> str:
@@ -159,34 +206,48 @@ def _single(c) -> bool:
     return row_width(c["dim"], _wide(c))[1]
 
 
-def _forward_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+def _forward_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
     from triton_embed.ops.tiles import forward_tile
 
-    meta, options, _ = forward_tile(config, case["dim"], _wide(case))
+    meta, options, _ = forward_tile(config, case["dim"], _wide(case), backend)
     return {**meta, **options}
 
 
-def _backward_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+def _backward_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
     from triton_embed.ops.tiles import backward_tile
 
-    meta, options, _ = backward_tile(config, case["dim"], _wide(case))
+    meta, options, _ = backward_tile(config, case["dim"], _wide(case), backend)
     return {**meta, **options}
 
 
-def _column_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+def _column_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
     from triton_embed.ops.tiles import column_tile
 
     # The embedding backward accumulates in float64 exactly when its rows (the weight's dtype) are float64.
-    meta, options = column_tile(config, case["dim"], wide=case.get("w") == "fp64")
+    meta, options = column_tile(config, case["dim"], wide=case.get("w") == "fp64", backend=backend)
     return {**meta, **options}
 
 
-def _param_grad_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+def _param_grad_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
     from triton_embed.kernels.reductions import PARTIAL_GROUP
     from triton_embed.ops.tiles import column_tile
 
-    meta, options = column_tile(config, case["dim"], rows=2 * PARTIAL_GROUP.value, wide=_wide(case))
+    meta, options = column_tile(config, case["dim"], rows=2 * PARTIAL_GROUP.value, wide=_wide(case), backend=backend)
     return {**meta, **options}
+
+
+def _gather_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
+    # ops/gather.py and ops/quantized.py: the config's tile (BLOCK_D capped at D's power of two).
+    from triton_embed.ops.tiles import backend_options
+
+    meta = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+    meta["BLOCK_D"] = min(meta["BLOCK_D"], case.get("dim", meta["BLOCK_D"]))
+    return {**meta, **backend_options({k: v for k, v in config.items() if k in LAUNCH_OPTIONS}, backend)}
+
+
+def _n64(settings: tuple[dict[str, Any], ...] = ({},)) -> tuple[dict[str, Any], ...]:
+    """``settings`` plus the first one with a token count of 2**31 or more (an ``i64`` N)."""
+    return (*settings, {**settings[0], "N": "i64"})
 
 
 def _fixed(configs: list[dict[str, int]]) -> Callable[[], list[dict[str, int]]]:
@@ -220,9 +281,9 @@ def _claim_rows(c):
 
 
 def _claim_rows_configs() -> list[dict[str, int]]:
-    from triton_embed.ops.renorm import CLAIM_BLOCK
+    from triton_embed.ops.renorm import CLAIM_BLOCK, CLAIM_OPTIONS
 
-    return [{"BLOCK_T": CLAIM_BLOCK, "num_warps": 4, "num_stages": 3}]
+    return [{"BLOCK_T": CLAIM_BLOCK, **CLAIM_OPTIONS}]
 
 
 def _renorm_rows(c):
@@ -234,8 +295,12 @@ def _renorm_rows(c):
                    {"stride_wd": 1, "NORM_KIND": c["NORM_KIND"], "ACC_DTYPE": acc_tl(w)}, ints=("D", "stride_wv"))
 
 
-def _renorm_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
-    return _forward_tile(config, {**case, "acc": acc_dtype(case["w"])})
+def _renorm_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
+    from triton_embed.ops.renorm import renorm_tile
+
+    meta, options = renorm_tile(config, case["dim"], _wide({**case, "acc": acc_dtype(case["w"])}), case["NORM_KIND"],
+                                backend)
+    return {**meta, **options}
 
 
 #: NORM_KIND values of kernels/renorm.py (NORM_GENERAL, L1, L2, INF, L0, NEG_INF), each with a width.
@@ -467,10 +532,10 @@ STABLE_BWD_SETTINGS = with_dims((
 # Launched only for a table in the default dtype ("w" is also the cast: float32, or float64 with float64
 # statistics) with rows of at most 4096 columns (2048 for float64): rows pair each dtype with such widths.
 
-def _runs_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+def _runs_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
     from triton_embed.ops.tiles import runs_tile
 
-    meta, options = runs_tile(config, case["dim"], _wide(case))
+    meta, options = runs_tile(config, case["dim"], _wide(case), backend)
     return {**meta, **options}
 
 
@@ -564,10 +629,10 @@ def _quantized_stable_bwd(c):
     return variant(types, const, tuple(ints))
 
 
-def _quantized_forward_tile(config: dict[str, int], case: dict[str, Any]) -> dict[str, int]:
+def _quantized_forward_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
     from triton_embed.ops.quantized import stable_forward_tile
 
-    meta, options, _ = stable_forward_tile(config, case["dim"], _wide(case), case["FORMAT"])
+    meta, options, _ = stable_forward_tile(config, case["dim"], _wide(case), case["FORMAT"], backend)
     return {**meta, **options}
 
 
@@ -589,41 +654,48 @@ QUANTIZED_BWD_SETTINGS = with_dims((
 
 _K = "triton_embed.kernels"
 
+#: ``max_barriers`` are regression guards: the observed counts of the tl.sum layouts (the folding tree the
+#: LayerNorm family used before cost 32-131 barriers per kernel), the fold tree's where it stays (renorm,
+#: dγ/dβ second stage), the error record's.
 SPECS: dict[str, KernelSpec] = {
     spec.key: spec
     for spec in (
-        KernelSpec(f"{_K}.gather", "gather_rows_kernel", "gather", W_IDX_ROWS, _gather,
-                   needs_vector_loads=True, vector_tile=("BLOCK_T", "BLOCK_D")),
+        KernelSpec(f"{_K}.gather", "gather_rows_kernel", "gather", W_IDX_ROWS, _gather, _n64(), launch_config=_gather_tile,
+                   vector_loads=("BLOCK_T", "BLOCK_D"), vector_stores=("BLOCK_T", "BLOCK_D"), max_barriers=2),
+        # triton_embed/errors.py launches the probe with Triton's defaults: it stores integers only.
         KernelSpec(f"{_K}.errors", "error_probe_kernel", "error_probe", ({},), _error_probe,
-                   configs=_fixed([{"num_warps": 4, "num_stages": 3}])),
+                   configs=_fixed([{"num_warps": 4, "num_stages": 3}]), pins_fp_fusion=False),
         KernelSpec(f"{_K}.renorm", "claim_rows_kernel", "renorm", tuple({"idx": i} for i in INDEX_DTYPES),
-                   _claim_rows, configs=_claim_rows_configs),
-        KernelSpec(f"{_K}.renorm", "renorm_rows_kernel", "renorm", W_IDX_ROWS, _renorm_rows, NORM_KINDS,
-                   launch_config=_renorm_tile),
+                   _claim_rows, _n64(), configs=_claim_rows_configs, max_barriers=12),
+        KernelSpec(f"{_K}.renorm", "renorm_rows_kernel", "renorm", W_IDX_ROWS, _renorm_rows, _n64(NORM_KINDS),
+                   launch_config=_renorm_tile, max_barriers=40),
         KernelSpec(f"{_K}.embedding_backward", "embedding_bwd_pieces_kernel", "embedding_pieces", W_ROWS,
-                   _embedding_pieces, EMBEDDING_PIECES_SETTINGS, launch_config=_column_tile),
+                   _embedding_pieces, _n64(EMBEDDING_PIECES_SETTINGS), launch_config=_column_tile, max_barriers=4),
         # "stable_rows" lists the same configs as "embedding_rows": PARAM_GRADS covers its variant.
         KernelSpec(f"{_K}.embedding_backward", "embedding_bwd_rows_kernel", "embedding_rows", W_IDX_ROWS,
-                   _embedding_rows, EMBEDDING_ROWS_SETTINGS, launch_config=_column_tile),
+                   _embedding_rows, _n64(EMBEDDING_ROWS_SETTINGS), launch_config=_column_tile, max_barriers=40),
         KernelSpec(f"{_K}.layer_norm", "layer_norm_fwd_kernel", "layer_norm", X_ROWS, _layer_norm_fwd,
-                   LAYER_NORM_FWD_SETTINGS, launch_config=_forward_tile),
+                   _n64(LAYER_NORM_FWD_SETTINGS), launch_config=_forward_tile, approx=LAYER_NORM_APPROX,
+                   same_sums=True, max_barriers=6),
         KernelSpec(f"{_K}.layer_norm", "layer_norm_bwd_kernel", "layer_norm_backward", X_ROWS, _layer_norm_bwd,
-                   LAYER_NORM_BWD_SETTINGS, launch_config=_backward_tile),
+                   _n64(LAYER_NORM_BWD_SETTINGS), launch_config=_backward_tile, same_sums=True, max_barriers=26),
         KernelSpec(f"{_K}.layer_norm", "layer_norm_param_grad_kernel", "layer_norm_param_grad", X_ROWS,
-                   _layer_norm_param_grad, PARAM_GRAD_SETTINGS, launch_config=_param_grad_tile),
+                   _layer_norm_param_grad, PARAM_GRAD_SETTINGS, launch_config=_param_grad_tile, max_barriers=40),
         KernelSpec(f"{_K}.stable_embedding", "stable_embedding_fwd_kernel", "stable_forward", W_ROWS, _stable_fwd,
-                   STABLE_FWD_SETTINGS, needs_vector_loads=True, vector_tile=("BLOCK_T", "BLOCK_D"),
-                   launch_config=_forward_tile),
+                   _n64(STABLE_FWD_SETTINGS), vector_loads=("BLOCK_T", "BLOCK_D"), launch_config=_forward_tile,
+                   approx=LAYER_NORM_APPROX, same_sums=True, max_barriers=12),
         KernelSpec(f"{_K}.stable_embedding", "stable_embedding_bwd_kernel", "stable_backward", W_ROWS, _stable_bwd,
-                   STABLE_BWD_SETTINGS, launch_config=_backward_tile),
+                   _n64(STABLE_BWD_SETTINGS), launch_config=_backward_tile, same_sums=True, max_barriers=20),
         KernelSpec(f"{_K}.stable_embedding_runs", "stable_embedding_runs_kernel", "stable_runs", RUNS_ROWS,
-                   _stable_runs, RUNS_SETTINGS, launch_config=_runs_tile),
+                   _stable_runs, _n64(RUNS_SETTINGS), launch_config=_runs_tile, same_sums=True, max_barriers=6),
         KernelSpec(f"{_K}.quantized", "quantized_gather_kernel", "quantized_gather", Q_ROWS, _quantized_gather,
-                   QUANTIZED_GATHER_SETTINGS),
+                   _n64(QUANTIZED_GATHER_SETTINGS), launch_config=_gather_tile, max_barriers=16),
         KernelSpec(f"{_K}.quantized", "quantized_stable_fwd_kernel", "quantized_stable_forward", Q_ROWS,
-                   _quantized_stable_fwd, QUANTIZED_FWD_SETTINGS, launch_config=_quantized_forward_tile),
+                   _quantized_stable_fwd, _n64(QUANTIZED_FWD_SETTINGS), launch_config=_quantized_forward_tile,
+                   approx=LAYER_NORM_APPROX, same_sums=True, max_barriers=24),
         KernelSpec(f"{_K}.quantized", "quantized_stable_bwd_kernel", "quantized_stable_backward", Q_ROWS,
-                   _quantized_stable_bwd, QUANTIZED_BWD_SETTINGS, launch_config=_backward_tile),
+                   _quantized_stable_bwd, _n64(QUANTIZED_BWD_SETTINGS), launch_config=_backward_tile, same_sums=True,
+                   max_barriers=26),
     )
 }
 
