@@ -113,15 +113,20 @@ def embedding_bwd_pieces_kernel(
 
 
 @triton.jit
+def _midpoint(lo, hi):
+    """(lo + hi) // 2 for 0 <= lo <= hi without forming lo + hi (which overflows from 2**30 on in int32)."""
+    return lo + (hi - lo) // 2
+
+
+@triton.jit
 def _search(sorted_ids_ptr, N, value, AFTER: tl.constexpr):
     """By binary search, the first sorted position whose id is >= value (> value with AFTER; N if none), as
-    an int64. AFTER rather than value + 1: an id may be the largest int64. The bounds are int64 and the
-    midpoint is lo + (hi - lo) // 2: with int32 bounds (lo + hi) // 2 turns negative from N = 2**30 on,
-    and an int64 N (2**31 or more) would change the loop variables' type."""
+    an int64. AFTER rather than value + 1: an id may be the largest int64. The bounds are int64 (an int64 N,
+    2**31 or more, would otherwise change the loop variables' type) and the midpoint never forms lo + hi."""
     lo = tl.full([], 0, tl.int64)
     hi = lo + N
     while lo < hi:
-        mid = lo + (hi - lo) // 2
+        mid = _midpoint(lo, hi)
         current = tl.load(sorted_ids_ptr + mid).to(tl.int64)
         if AFTER:
             below = current <= value

@@ -274,9 +274,14 @@ def _error_probe(c):
 
 # --- kernels/renorm.py ---------------------------------------------------------------------------
 
+def _owner(c) -> str:
+    """ops/renorm.owner_dtype: token positions as int32, int64 from 2**31 tokens on."""
+    return "*i64" if c.get("N") == "i64" else "*i32"
+
+
 def _claim_rows(c):
     # ops/renorm.py: (ids, owner, record, N, V, row_start, total_rows, BLOCK_T=CLAIM_BLOCK, num_warps=4).
-    return variant({"indices_ptr": f"*{c['idx']}", "owner_ptr": "*i32", "err_ptr": "*i64", "N": "i32", "V": "i32",
+    return variant({"indices_ptr": f"*{c['idx']}", "owner_ptr": _owner(c), "err_ptr": "*i64", "N": "i32", "V": "i32",
                     "row_start": "i32", "total_rows": "i32"})
 
 
@@ -290,7 +295,7 @@ def _renorm_rows(c):
     # (table, ids, owner, N, D, V, row_start, float_bits(max_norm), float_bits(norm_type), table strides, NORM_KIND,
     #   ACC_DTYPE, BLOCK_T, BLOCK_D); the float arguments travel as the int64 bits of a float64.
     w, idx = c["w"], c["idx"]
-    return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "owner_ptr": "*i32", "N": "i32", "D": "i32",
+    return variant({"weight_ptr": f"*{w}", "indices_ptr": f"*{idx}", "owner_ptr": _owner(c), "N": "i32", "D": "i32",
                     "V": "i32", "row_start": "i32", "max_norm": "i64", "norm_type": "i64", "stride_wv": "i32"},
                    {"stride_wd": 1, "NORM_KIND": c["NORM_KIND"], "ACC_DTYPE": acc_tl(w)}, ints=("D", "stride_wv"))
 

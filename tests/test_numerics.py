@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,8 @@ import triton.language as tl
 
 import triton_embed
 from triton_embed import functional
-from triton_embed.kernels.numerics import _exact_float, _round
+from triton_embed.kernels.embedding_backward import _midpoint
+from triton_embed.kernels.numerics import _exact_float, _exp2_f64, _log2_f64, _pow_f64, _round
 from triton_embed.ops.scalars import float_bits
 
 
@@ -162,3 +164,81 @@ def test_renorm_of_a_row_with_nan_does_what_pytorch_does(device, norm_type):
     functional.embedding(torch.tensor([0, 1], device=device), ours, max_norm=1.0, norm_type=norm_type)
     F.embedding(torch.tensor([0, 1]), theirs, max_norm=1.0, norm_type=norm_type)
     torch.testing.assert_close(ours.cpu(), theirs, equal_nan=True)
+
+
+# --- compiled numerics: the helpers the kernels use instead of the hardware approximations -------------
+# The ahead-of-time check (tests/test_aot_compile.py) reads the compiled code of every kernel for
+# sqrt.approx / div.full / ex2.approx / lg2.approx and FMA; these tests hold the replacements to their
+# accuracy, on the GPU natively and in the interpreter (which computes the same IEEE operations).
+
+@triton.jit
+def _float64_math_kernel(x_ptr, p, log_ptr, exp_ptr, pow_ptr, N, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    mask = offsets < N
+    x = tl.load(x_ptr + offsets, mask=mask, other=1.0)
+    exponent = _exact_float(p, tl.float64)
+    tl.store(log_ptr + offsets, _log2_f64(x), mask=mask)
+    tl.store(exp_ptr + offsets, _exp2_f64(x), mask=mask)
+    tl.store(pow_ptr + offsets, _pow_f64(x, exponent), mask=mask)
+
+
+def _ulps(ours: torch.Tensor, exact: torch.Tensor) -> float:
+    same = (ours == exact) | (ours.isnan() & exact.isnan())
+    spacing = torch.from_numpy(np.spacing(exact.abs().numpy())).clamp_min(5e-324)
+    return float(torch.where(same, 0.0, (ours - exact).abs() / spacing).max())
+
+
+def test_float64_log2_exp2_pow_are_within_an_ulp_or_two(device):
+    """The general-p renorm raises |x| to p as 2^(p·log2|x|) in float64 from IEEE adds and multiplies: within
+    1 ulp for log2 and exp2; for the power, log2's last-bit error times p·ln 2 (|p·log2 x| reaches 30 here:
+    ~33 ulps, 4e-15 relative, against the 1e-7 a float32 row needs), exact special values."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.cat([torch.rand(300, generator=gen, dtype=torch.float64) * 20,
+                   torch.rand(100, generator=gen, dtype=torch.float64) * 1e-3,
+                   torch.tensor([0.0, -0.0, 1.0, 2.0, 0.5, 1e-310, 5e-324, 1e300, 1024.0, -1074.0, -1080.0, 1023.5,
+                                 float("inf"), float("-inf"), float("nan")], dtype=torch.float64)])
+    log2, exp2, power = (torch.full_like(x, 7.0).to(device) for _ in range(3))
+    _float64_math_kernel[(1,)](x.to(device), float_bits(3.0), log2, exp2, power, x.numel(), BLOCK=512)
+    finite = torch.isfinite(x) & (x >= 0)
+    with np.errstate(all="ignore"):
+        exact_log2 = torch.from_numpy(np.log2(x.numpy()))
+        exact_exp2 = torch.from_numpy(np.exp2(x.numpy()))
+        exact_pow = torch.from_numpy(np.power(np.abs(x.numpy()), 3.0))
+    assert _ulps(log2.cpu()[finite], exact_log2[finite]) <= 1
+    assert _ulps(exp2.cpu(), exact_exp2) <= 1
+    assert _ulps(power.cpu()[finite], exact_pow[finite]) <= 64
+    specials = {0.0: (-math.inf, 1.0, 0.0), math.inf: (math.inf, math.inf, math.inf), -math.inf: (math.nan, 0.0, math.nan)}
+    for value, expected in specials.items():
+        at = (x == value).nonzero()[0].item()
+        got = (log2[at].item(), exp2[at].item(), power[at].item())
+        assert all(g == e or (math.isnan(g) and math.isnan(e)) for g, e in zip(got, expected)), (value, got)
+    assert torch.isnan(log2.cpu()[-1]) and torch.isnan(exp2.cpu()[-1]) and torch.isnan(power.cpu()[-1])
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0])
+def test_renorm_decides_at_the_threshold_by_the_correctly_rounded_norm(device, norm_type):
+    """A row whose norm is exactly max_norm keeps its values; with max_norm one ulp below, it is rescaled:
+    the decision follows the correctly rounded norm (sqrt.approx could put it on either side). float64 rows,
+    so that a factor one ulp under 1 shows in the values."""
+    row = torch.tensor([[3.0, 4.0, 0.0, 0.0]], dtype=torch.float64)
+    norm = 5.0 if norm_type == 2.0 else 7.0
+    for max_norm, rescaled in ((norm, False), (math.nextafter(norm, 0.0), True)):
+        weight = row.clone().to(device)
+        functional.embedding(torch.tensor([0], device=device), weight, max_norm=max_norm, norm_type=norm_type)
+        assert (not torch.equal(weight.cpu(), row)) == rescaled, (norm_type, max_norm, weight)
+
+
+@triton.jit
+def _midpoint_kernel(lo_ptr, hi_ptr, out_ptr, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offsets, _midpoint(tl.load(lo_ptr + offsets), tl.load(hi_ptr + offsets)))
+
+
+def test_binary_search_midpoint_does_not_overflow_int32(device):
+    """(lo + hi) // 2 of int32 bounds turns negative from 2**30 tokens on; the backward's search does not
+    form lo + hi (and its bounds are int64: the AOT check compiles every kernel with an int64 N too)."""
+    lo = torch.tensor([0, 2**30, 2**30 + 5, 2**31 - 3, 7, 0, 1, 2**30 - 1], dtype=torch.int32)
+    hi = torch.tensor([2**31 - 1, 2**31 - 1, 2**31 - 2, 2**31 - 1, 7, 1, 2**31 - 1, 2**30 + 1], dtype=torch.int32)
+    out = torch.full((8,), -1, dtype=torch.int32, device=device)
+    _midpoint_kernel[(1,)](lo.to(device), hi.to(device), out, BLOCK=8)
+    assert out.cpu().tolist() == [(a + b) // 2 for a, b in zip(lo.tolist(), hi.tolist())]
