@@ -1,13 +1,16 @@
-"""The README's table of the bytes models at the LM shapes: a model, not a measurement.
+"""The README's table of the bytes models at the LM shapes, and the static roofline of every kernel there:
+models, not measurements.
 
 For each op and pass, bfloat16 and float32, and each §5 (vocab, dim) pair at N = 16384 Zipf ids: the
 minimum bytes, triton_embed's own model, PyTorch eager's (which is bitsandbytes': the same ops) and the
 speed-up the two predict. U and S come from the benchmark's own Zipf draw for the shape (its fixed seed).
-``python -m triton_embed.bench.bytes_table`` prints it; a test keeps the README's copy equal to it.
+Then, per kernel, dtype and D, whether its compiled code would be issue-, latency- or memory-bound on an
+H100 and a B200 (``roofline.py``). ``python -m triton_embed.bench.bytes_table`` prints both; a test keeps
+the README's copy equal to it.
 """
 from __future__ import annotations
 
-from . import bytes_model
+from . import bytes_model, roofline
 from .cases import LM_PAIRS, VALIDATE_TOKENS, Case, case_ids, id_stats
 
 ROWS = (("embedding", "forward"), ("embedding", "backward"), ("stable", "forward"), ("stable", "backward"),
@@ -41,7 +44,17 @@ def table(tokens: int = VALIDATE_TOKENS) -> str:
                 sizes = bytes_model.Sizes(tokens, dim, vocab, unique, segments, elt)
                 cells.append(_cell(op, pass_, sizes))
             lines.append(f"| {op} | {pass_} | {dtype} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + roofline_section()
+
+
+def roofline_section() -> str:
+    """The static roofline: its legend, the table, and the kernels it calls issue-bound on an H100."""
+    from .roofline_data import TRITON_VERSION
+
+    remaining = roofline.remaining_note()
+    return (f"Static roofline (a model from the compiled code, not a measurement; sm_90a and sm_100a SASS from "
+            f"Triton {TRITON_VERSION}, default configs; `python tests/aot_roofline.py --write "
+            f"bench/roofline_data.py` regenerates it). {roofline.legend()}\n\n{roofline.table()}\n\n{remaining}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def _load_vector(ptr, cols, stride, col_mask, ACC_DTYPE: tl.constexpr):
 @triton.jit
 def _rstd(var, eps, ACC_DTYPE: tl.constexpr):
     """1 / sqrt(var + eps), ``eps`` in ACC_DTYPE: the hardware reciprocal square root in float32 (as
-    PyTorch's CUDA LayerNorm; no subroutine call, so no call-clobbered registers to spill), IEEE sqrt and
-    division in float64. A variance that overflowed (a row with elements beyond ~1e19 in float32) gives NaN,
+    PyTorch's CUDA LayerNorm; no subroutine call, so no call-clobbered registers to spill: the one
+    approximate instruction the kernels use, allowed to the LayerNorm family alone by the ahead-of-time
+    check), IEEE sqrt and division in float64. A variance that overflowed (a row with elements beyond ~1e19 in float32) gives NaN,
     as PyTorch's CPU LayerNorm does, not 0: the row would otherwise come out as β, finite and wrong."""
     shifted = var + eps
     if ACC_DTYPE == tl.float64:

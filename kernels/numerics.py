@@ -16,8 +16,15 @@ multiplies and one division, with FMA contraction off (every launcher pins it), 
 interpreter compute the same bits. The only approximation the kernels use is the LayerNorm family's float32
 ``rsqrt`` (documented at ``layer_norm._rstd``); the ahead-of-time check reads the compiled code for any other.
 """
+import os
+
 import triton
 import triton.language as tl
+
+#: Whether the kernels run under Triton's interpreter (read at import, as ``@triton.jit`` reads it). Its
+#: float32 -> bfloat16 cast truncates, so :func:`_round` rounds on the bits there; compiled, the cast is the
+#: hardware's round-to-nearest-even conversion (one instruction per two values, not ten integer operations).
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("0", "", "false", "False"))
 
 
 @triton.jit
@@ -110,14 +117,16 @@ def _pow_f64(x, p):
 
 @triton.jit
 def _round(x, DTYPE: tl.constexpr):
-    """``x.to(DTYPE)``, rounding to nearest even. (Triton's interpreter truncates float32 -> bfloat16, so
-    the rounding to bfloat16 is done on the bits first; the final cast is then exact everywhere.) NaN stays
-    NaN (the bit trick alone would carry a NaN's mantissa into the sign bit), and ±inf stays ±inf."""
-    if DTYPE == tl.bfloat16:
-        if x.dtype != tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-            is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
-            bits = tl.where(is_nan, (bits & 0x80000000) | 0x7FC00000, rounded)
-            x = bits.to(tl.float32, bitcast=True)
+    """``x.to(DTYPE)``, rounding to nearest even. Compiled, that is the cast itself (``cvt.rn``). Triton's
+    interpreter truncates float32 -> bfloat16, so there the rounding to bfloat16 is done on the bits first
+    (the final cast is then exact); NaN stays NaN (the bit trick alone would carry a NaN's mantissa into the
+    sign bit), and ±inf stays ±inf."""
+    if _INTERPRETED:
+        if DTYPE == tl.bfloat16:
+            if x.dtype != tl.bfloat16:
+                bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+                rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+                is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+                bits = tl.where(is_nan, (bits & 0x80000000) | 0x7FC00000, rounded)
+                x = bits.to(tl.float32, bitcast=True)
     return x.to(DTYPE)

@@ -9,13 +9,16 @@ tile is spread over the same lanes and warps for every BLOCK_T. So the LayerNorm
 fixed by the row width (``triton_embed/ops/tiles.py``): every tuned config gives the same bits, which the
 ahead-of-time check confirms by comparing the compiled layouts of every ``tt.reduce`` across configs.
 
-Where the interpreter must give the GPU's bits, or where the warps are tuned, a sum over an axis of width
-2**k is a fixed tree instead (:func:`_tree_sum`): fold the second half onto the first (``y[i] + y[i + w/2]``)
-until one element is left. Each fold is a ``tl.sum`` over an axis of length 2, a single commutative add, so
-its result is the same whatever the layout, and the interpreter computes the same adds. It costs a
-shared-memory round trip and barriers per fold across warps, so it serves only the max_norm renorm (whose
-decision near max_norm must be the interpreter's) and the dγ/dβ second stage (whose column blocks and warps
-are tuned). Zero padding past the data adds exact zeros, so a wider power-of-two tile gives the same sum.
+The max_norm renorm sums the same way. (The interpreter's numpy sums add in another order: a sum may
+differ there in its last bit.)
+
+Where the warps are tuned (the dγ/dβ second stage: its column blocks and warps change speed only), a sum
+over an axis of width 2**k is a fixed tree instead (:func:`_tree_sum_columns`): fold the second half onto
+the first (``y[i] + y[i + w/2]``) until one element is left. Each fold is a ``tl.sum`` over an axis of length
+2, a single commutative add, so its result is the same whatever the layout, and the interpreter computes
+the same adds. It costs shared-memory round trips and barriers per fold across warps (the LayerNorm family
+paid 32-131 barriers per kernel for it), and 3-5x the instructions of ``tl.sum`` on a bfloat16 row. Zero
+padding past the data adds exact zeros, so a wider power-of-two tile gives the same sum.
 """
 import triton
 import triton.language as tl

@@ -6,7 +6,7 @@ import triton.language as tl
 
 from .errors import _record_bad_ids, _valid_ids
 from .numerics import _exact_float, _exp2_f64, _f64, _log2_f64, _pow_f64, _round, _sqrt
-from .reductions import _tree_sum
+from .reductions import _row_sum
 
 # NORM_KIND values (constexpr): which norm the renorm kernel computes.
 NORM_GENERAL = 0  # (sum |x|^p)^(1/p) for any other p
@@ -67,14 +67,16 @@ def renorm_rows_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Each owned row whose p-norm exceeds max_norm is scaled by max_norm / (norm + 1e-7). The norm's sums
-    are fixed trees over BLOCK_D-wide pieces taken in order (the launcher fixes BLOCK_D by D alone), so the
-    rescaled bits do not depend on the config, and the interpreter computes the same adds.
+    are ``tl.sum`` over BLOCK_D-wide pieces taken in order, BLOCK_D and the warps fixed by D (the launcher's
+    ``renorm_tile``), so the rescaled bits do not depend on the config.
 
     Numerics (what the ahead-of-time check holds the compiled code to: no approximate instruction, no FMA):
     p = 2 takes the correctly rounded square root of its sum; a general p raises each |x| to p and the sum to
-    1/p in float64 by ``numerics._pow_f64`` (IEEE adds, multiplies and one division: the GPU and the
-    interpreter agree to the bit); the comparison with max_norm and the factor are float64, as PyTorch's
-    CPU renorm makes them. So a row within an ulp of max_norm is rescaled or not identically everywhere."""
+    1/p in float64 by ``numerics._pow_f64`` (IEEE adds, multiplies and one division, which the interpreter
+    computes alike); the comparison with max_norm and the factor are float64, as PyTorch's CPU renorm makes
+    them. The one difference the interpreter keeps is the order of the sums (numpy's, not the GPU's
+    layout's): a norm may differ there in its last bit, and a row within that bit of max_norm may be
+    rescaled in one and not the other."""
     tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < N
     rows = tl.load(indices_ptr + tokens, mask=token_mask, other=0).to(tl.int64) - row_start
@@ -97,20 +99,20 @@ def renorm_rows_kernel(
         x = tl.abs(tl.load(weight_ptr + row_offsets + cols[None, :].to(tl.int64) * stride_wd,
                            mask=mask, other=0).to(ACC_DTYPE))
         if NORM_KIND == 1:
-            total += _tree_sum(x)
+            total += _row_sum(x)
         elif NORM_KIND == 2:
-            total += _tree_sum(x * x)
+            total += _row_sum(x * x)
         elif NORM_KIND == 3:
             total = tl.maximum(total, tl.max(x, axis=1))
             nans += tl.sum((x != x).to(tl.int32), axis=1)
         elif NORM_KIND == 4:
-            total += _tree_sum(tl.where(x != 0, 1.0, 0.0).to(ACC_DTYPE))
+            total += _row_sum(tl.where(x != 0, 1.0, 0.0).to(ACC_DTYPE))
         elif NORM_KIND == 5:
             total = tl.minimum(total, tl.min(tl.where(mask, x, float("inf")), axis=1))
             nans += tl.sum((x != x).to(tl.int32), axis=1)
         else:
             powered = _pow_f64(x.to(tl.float64), p)
-            total += _tree_sum(tl.where(mask, powered, 0.0).to(ACC_DTYPE))
+            total += _row_sum(tl.where(mask, powered, 0.0).to(ACC_DTYPE))
     if NORM_KIND == 2:
         norm = _sqrt(total, ACC_DTYPE).to(tl.float64)
     elif NORM_KIND == 0:
@@ -121,9 +123,11 @@ def renorm_rows_kernel(
     limit = _exact_float(max_norm, tl.float64)
     rescale = owned & (norm > limit)
     scale = (limit / (norm + _f64(1e-7))).to(ACC_DTYPE)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        mask = rescale[:, None] & (cols < D)[None, :]
-        ptrs = weight_ptr + row_offsets + cols[None, :].to(tl.int64) * stride_wd
-        x = tl.load(ptrs, mask=mask, other=0).to(ACC_DTYPE)
-        tl.store(ptrs, _round(x * scale[:, None], weight_ptr.dtype.element_ty), mask=mask)
+    # Rows within max_norm (the steady state of training) skip the second pass altogether.
+    if tl.max(rescale.to(tl.int32), axis=0) > 0:
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            mask = rescale[:, None] & (cols < D)[None, :]
+            ptrs = weight_ptr + row_offsets + cols[None, :].to(tl.int64) * stride_wd
+            x = tl.load(ptrs, mask=mask, other=0).to(ACC_DTYPE)
+            tl.store(ptrs, _round(x * scale[:, None], weight_ptr.dtype.element_ty), mask=mask)

@@ -39,12 +39,13 @@ def norm_kind(norm_type: float) -> int:
 
 def renorm_tile(config: tuning.Config, dim: int, wide: bool, kind: int, backend: str | None = None
                 ) -> tuple[dict, dict]:
-    """(constexprs, launch options) of ``renorm_rows_kernel``: the forward LayerNorm tile (BLOCK_D fixed by D:
-    the norm is a sum), but for a general p one row per program in pieces of at most
-    :data:`GENERAL_P_BLOCK_D` columns, 4 values of a piece per thread: each value goes through a float64
-    logarithm and exponential, whose temporaries would otherwise spill."""
+    """(constexprs, launch options) of ``renorm_rows_kernel``: the forward LayerNorm tile (BLOCK_D and the
+    warps fixed by D: they order the norm's sum) with 32 values of a row per thread (one row-sized value
+    is live: the sum's shuffles and barriers are paid per warp, so few warps); for a general p one row per
+    program in pieces of at most :data:`GENERAL_P_BLOCK_D` columns, 4 values of a piece per thread: each
+    value goes through a float64 logarithm and exponential, whose temporaries would otherwise spill."""
     if kind != kernels.NORM_GENERAL:
-        meta, options, _ = forward_tile(config, dim, wide, backend)
+        meta, options, _ = forward_tile(config, dim, wide, backend, values=32, most=32)
         return meta, options
     meta, options, _ = forward_tile(config, min(dim, GENERAL_P_BLOCK_D), wide, backend, values=4)
     meta["BLOCK_T"] = 1

@@ -23,6 +23,8 @@ Used by the launchers and by the ahead-of-time compile test, which must compile 
 ((4096, True), (1024, True), (8192, False), (4096, False))
 >>> row_warps(4096), row_warps(768), row_warps(4096, backend="hip"), row_warps(4096, wide=True)
 (16, 4, 8, 16)
+>>> backward_tile({}, 4096)[1]["num_warps"], backward_tile({}, 768)[0]["BLOCK_T"]
+(8, 4)
 """
 from __future__ import annotations
 
@@ -40,13 +42,18 @@ MAX_BLOCK_D = 8192
 MAX_BLOCK_T = 128
 #: Tile elements per backward step (rows x columns): the backward's rows per tile follow from D by it.
 BACKWARD_ELEMS = 4096
-#: Values of a row each thread holds in the LayerNorm family (float32 statistics; half for float64): sets
-#: the warps per row from D.
+#: Values of a row each thread holds in the LayerNorm family's forward (float32 statistics; half for
+#: float64): sets the warps per row from D.
 ROW_VALUES_PER_THREAD = 8
-#: Values of a whole tile a thread may hold: the forward's rows per program stop there.
-TILE_VALUES_PER_THREAD = 16
-#: ptxas register cap of the LayerNorm-family kernels on CUDA (without one ptxas sometimes trades a spill
-#: for occupancy). ROCm's compiler has no such option.
+#: Values of a tile each thread holds in the backward (float32 statistics; half for float64): fewer warps
+#: than the forward's, as the reductions' shuffles and barriers are paid per warp while the row math is
+#: paid per value; ptxas keeps the live values (x, dy, x̂, γ·dy) within 128 registers without spilling.
+BACKWARD_VALUES_PER_THREAD = 16
+#: Values of a whole tile a thread may hold: the forward's rows per program stop there (more rows per
+#: program spread its fixed costs, the ids, the statistics' reductions, over more bytes).
+TILE_VALUES_PER_THREAD = 32
+#: ptxas register cap of the row kernels on CUDA: without one, ptxas sometimes stops at 64 registers and
+#: spills rather than lower the occupancy. ROCm's compiler has no such option.
 MAX_REGISTERS = 128
 #: Threads per warp (wavefront) of each Triton backend: 64 on the CDNA GPUs (MI300X, MI350X).
 WARP_SIZE = {"cuda": 32, "hip": 64}
@@ -117,15 +124,15 @@ def _options(config: tuning.Config, num_warps: int, backend: str | None, cap_reg
 
 
 def forward_tile(config: tuning.Config, dim: int, wide: bool = False, backend: str | None = None,
-                 values: int = ROW_VALUES_PER_THREAD) -> tuple[dict, dict, bool]:
+                 values: int = ROW_VALUES_PER_THREAD, most: int = TILE_VALUES_PER_THREAD) -> tuple[dict, dict, bool]:
     """(constexprs, launch options, single block) of a forward LayerNorm-family launch. The warps follow
     BLOCK_D (``values`` of a row per thread); ``config["ELEMS"]`` bounds the tile (halved for float64
-    statistics), and the rows per program follow from it and D, at most :data:`TILE_VALUES_PER_THREAD`
-    values per thread (half for float64)."""
+    statistics), and the rows per program follow from it and D, at most ``most`` values per thread (half
+    for float64)."""
     block_d, single = row_width(dim, wide)
     warps = row_warps(block_d, wide, backend, values)
     threads = warps * WARP_SIZE[backend or gpu_backend()]
-    most = TILE_VALUES_PER_THREAD // (2 if wide else 1)
+    most = most // (2 if wide else 1)
     elems = config["ELEMS"] // (2 if wide else 1)
     block_t = max(1, min(elems // block_d, MAX_BLOCK_T, most * threads // block_d))
     return {"BLOCK_T": block_t, "BLOCK_D": block_d}, _options(config, warps, backend, True), single
@@ -137,8 +144,7 @@ def backward_tile(config: tuning.Config, dim: int, wide: bool = False, backend: 
     and the warps are fixed by D (they shape dγ/dβ's and the rows' sums); the config sets nothing else."""
     block_d, single = row_width(dim, wide)
     block_t = max(1, min((BACKWARD_ELEMS // (2 if wide else 1)) // block_d, 64))
-    # The backward keeps several row-sized values live (x, dy, x̂, γ·dy): 8 values of the tile per thread.
-    warps = row_warps(block_t * block_d, wide, backend)
+    warps = row_warps(block_t * block_d, wide, backend, BACKWARD_VALUES_PER_THREAD)
     return {"BLOCK_T": block_t, "BLOCK_D": block_d}, _options(config, warps, backend, True), single
 
 
@@ -152,7 +158,7 @@ def column_tile(config: tuning.Config, dim: int, rows: int = 1, wide: bool = Fal
     budget = max(1, (4096 if wide else 16384) // rows)
     meta["BLOCK_D"] = min(meta["BLOCK_D"], triton.next_power_of_2(max(dim, 1)), triton.next_power_of_2(budget))
     warps = fit_warps(config.get("num_warps", 4), rows * meta["BLOCK_D"], 32)
-    return meta, _options(config, warps, backend, False)
+    return meta, _options(config, warps, backend, True)
 
 
 def runs_tile(config: tuning.Config, dim: int, wide: bool = False, backend: str | None = None) -> tuple[dict, dict]:
