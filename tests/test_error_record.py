@@ -30,7 +30,6 @@ def _pending(device) -> None:
     functional.embedding(torch.tensor([1, 99], device=device), torch.randn(V, D, device=device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    assert errors.reported(device)
 
 
 def _ops(device):
