@@ -9,7 +9,7 @@ packed 4-bit codes (⌈V·D/2⌉ bytes, any shape) with (⌈V·D/B⌉,) block ab
 >>> from triton_embed import quantize
 >>> table = torch.randn(6, 5)
 >>> packed, absmax = quantize.quantize_4bit(table, "nf4")
->>> rows = gather_rows(packed, absmax, quantize.codebook("nf4"), torch.tensor([[4, 1]]), 5, 64, torch.float32)
+>>> rows = gather_rows(packed, absmax, quantize.codebook("nf4"), torch.tensor([[4, 1]]), 5, 64, torch.float32, 6)
 >>> full = quantize.dequantize_4bit(packed, absmax, quantize.codebook("nf4"), (6, 5), 64, torch.float32)
 >>> torch.equal(rows, full[torch.tensor([[4, 1]])])
 True
@@ -24,13 +24,16 @@ from .reference import layer_norm_backward, layer_norm_forward
 
 
 def gather_rows(codes: Tensor, scales: Tensor, quant_map: Tensor | None, indices: Tensor, dim: int, blocksize: int,
-                dtype: torch.dtype) -> Tensor:
+                dtype: torch.dtype, num_rows: int | None = None) -> Tensor:
     """``indices.shape + (D,)`` dequantized rows in ``dtype`` (bitsandbytes' arithmetic: float32 products,
-    one rounding)."""
+    one rounding). Ids outside ``[0, num_rows)`` raise PyTorch's own ``IndexError``, as a lookup does, whatever
+    the index check says (a 4-bit table's flat offsets would otherwise wrap: id -1 would read the last row)."""
     if codes.dtype == torch.int8:
         rows = F.embedding(indices, codes)
         row_scales = F.embedding(indices, scales.view(-1, 1))
         return (rows.float() * (row_scales / 127.0)).to(dtype)
+    if num_rows is not None:  # PyTorch's bounds check of a lookup, on a stride-0 stand-in of the table's rows
+        F.embedding(indices, codes.new_empty((1, 1)).expand(num_rows, 1))
     element = indices.long().unsqueeze(-1) * dim + torch.arange(dim, device=codes.device)
     byte = codes.reshape(-1).view(torch.uint8)[element >> 1]
     nibble = torch.where(element % 2 == 0, byte >> 4, byte & 15).long()
