@@ -84,7 +84,7 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
         if seen:
             errors.forget(grad.device)  # handled exactly: later calls need not sync for this report
         return _sparse(flat.index_select(0, keep), values.index_select(0, keep), num_weights, dim)
-    first_valid = flat[torch.argmax(valid.to(torch.uint8))]
+    first_valid = flat.index_select(0, torch.argmax(valid.to(torch.uint8)).reshape(1))  # (1,): no sync
     rows = torch.where(valid, flat, first_valid)
     return _sparse(rows, _masked_values(values, valid), num_weights, dim)
 
