@@ -5,8 +5,9 @@ reference path. Run in a process of its own by ``test_out_of_range.py``; prints 
 -> "ok" or what went wrong.
 
 What each mode must give:
-- kernels, ``deferred``: the first triton_embed op after the bad call (the host sees the record at once
-  here), at the latest the bad call's own backward, raises the IndexError before any gradient exists;
+- kernels, ``deferred``: the first triton_embed op after the bad call that sees the record (at once under
+  the interpreter; on a GPU after the sync made before each backward here), at the latest the bad call's
+  own backward, raises the IndexError before any gradient exists;
 - kernels, ``sync``: the call itself raises;
 - kernels, ``off``: nothing raises; the ids read zero rows, and the gradients are those of that forward (the
   oracle: PyTorch on the table with a zero row appended, the bad ids pointing at it, that row's gradient
@@ -153,7 +154,7 @@ def _check_off(case, ids, grad, sparse_optimizer=False):
             p.grad = None
     before = _snapshot(case)
     grad = grad.to(case.dtype)  # the output's dtype (the oracle takes the same values)
-    case.run(ids).backward(grad)
+    _forward_then_backward(case, ids, grad)
     expected = case.oracle(ids, grad)
     named = _named_rows(ids)
     for k, p in case.params.items():
@@ -180,11 +181,18 @@ def _check_off(case, ids, grad, sparse_optimizer=False):
             assert torch.equal(weight.detach()[r], before["weight"][r]), f"row {r} moved; no valid token named it"
 
 
+def _forward_then_backward(case, ids, grad) -> None:
+    out = case.run(ids)
+    if DEVICE.type == "cuda":  # the bad call's record reaches the host, as it almost always has by a backward
+        torch.cuda.synchronize(DEVICE)
+    out.backward(grad)
+
+
 def _run(case, ids, grad, mode, backend, sparse_optimizer=False):
     before = _snapshot(case)
     if backend == "reference" or mode != "off":
         try:
-            case.run(ids).backward(grad.to(case.dtype))
+            _forward_then_backward(case, ids, grad.to(case.dtype))
         except IndexError:
             pass
         else:
@@ -233,7 +241,7 @@ def case_sparse_before_the_host_sees_the_report(mode, backend, bad):
         _run(SparseLookup(), ids, _grad(ids), mode, backend, sparse_optimizer=True)
         if mode == "off" and backend == "auto":
             case = SparseLookup()
-            case.run(ids).backward(_grad(ids))
+            _forward_then_backward(case, ids, _grad(ids))
             indices = case.params["weight"].grad._indices().reshape(-1).tolist()
             assert indices == [2, 2, 4, 2, 2, 7], indices
     finally:

@@ -28,8 +28,7 @@ def _pending(device) -> None:
     """Leave a report (id 99) on ``device``, as a bad deferred lookup does; the host sees it at once here."""
     triton_embed.set_index_check("deferred")
     functional.embedding(torch.tensor([1, 99], device=device), torch.randn(V, D, device=device))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _wait(device)
 
 
 def _ops(device):
@@ -137,6 +136,11 @@ def _record(device) -> torch.Tensor:
     return errors.record_for(device)
 
 
+def _wait(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def test_the_first_writer_keeps_the_record(device):
     """A record another writer holds (complete, or claimed and being written) is never overwritten: a later
     kernel's bad id cannot mix its fields into it."""
@@ -149,6 +153,7 @@ def test_the_first_writer_keeps_the_record(device):
         functional.embedding(torch.tensor([2, -5], device=device), weight)
         functional.embedding(torch.tensor([2, 40], device=device), weight, max_norm=0.5)
         functional.stable_embedding(torch.tensor([9], device=device), weight, None, None)
+        _wait(device)
         assert record.cpu().tolist() == held.tolist()
         record.zero_()
 
@@ -169,6 +174,7 @@ def test_the_first_bad_call_is_the_one_reported(device):
     weight = torch.randn(V, D, device=device)
     functional.embedding(torch.tensor([2, 8], device=device), weight, max_norm=1.0)  # renorm then gather: id 8
     functional.stable_embedding(torch.tensor([-3], device=device), weight, None, None)
+    _wait(device)
     assert _record(device).cpu().tolist() == [errors.COMPLETE, 8, V, 2]
 
 

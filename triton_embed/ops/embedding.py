@@ -60,11 +60,12 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
     entry per non-padding token, in token order, its values laid out as PyTorch lays them out (sparse
     gradients accumulate by that layout: on the CPU, contiguous values merge and others concatenate).
 
-    It raises a pending out-of-range report first, as every op that follows kernels does. Out-of-range ids
-    (masked by the forward) never name a row no valid token named: they are dropped with the padding tokens
+    It raises a pending out-of-range report first, as every op that runs kernels does. Out-of-range ids
+    (masked by the forward) name no row that no valid token named: they are dropped with the padding tokens
     (which costs a host sync, as in PyTorch), or, without a padding row, their zero entries go to the row of
     the call's first valid id (no sync). Where the host already sees a report on the device (the check is
-    off, or the report is not raised), they are dropped as padding is: that covers a call with no valid id.
+    off), they are dropped as padding is, which covers a call with no valid id at all; only if the host
+    cannot see that call's report yet (a GPU running behind) do its zero entries land on one row.
     """
     if scale_grad_by_freq:
         raise RuntimeError("embedding_backward: scale_grad_by_freq not supported with sparse gradients")
@@ -75,7 +76,7 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
     dim = grad.shape[-1]
     flat = indices.reshape(-1)
     values = grad.reshape(flat.numel(), dim)
-    if not values.numel():  # as PyTorch: no entry at all (no tokens, or zero-width rows)
+    if not values.numel() or not num_weights:  # as PyTorch: no entry (no tokens, zero-width rows, no row at all)
         return _sparse(flat.new_empty((0,)), values.new_empty((0, dim)), num_weights, dim)
     valid = (flat >= 0) & (flat < num_weights)
     if padding_idx >= 0 or seen:
@@ -84,7 +85,9 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
         if seen:
             errors.forget(grad.device)  # handled exactly: later calls need not sync for this report
         return _sparse(flat.index_select(0, keep), values.index_select(0, keep), num_weights, dim)
-    first_valid = flat.index_select(0, torch.argmax(valid.to(torch.uint8)).reshape(1))  # (1,): no sync
+    # (1,), no sync; clamped only for a call with no valid id whose report the host cannot see yet (a GPU
+    # still behind), whose zero entries then stay in range, at the first id's nearest row.
+    first_valid = flat.index_select(0, torch.argmax(valid.to(torch.uint8)).reshape(1)).clamp(0, num_weights - 1)
     rows = torch.where(valid, flat, first_valid)
     return _sparse(rows, _masked_values(values, valid), num_weights, dim)
 
