@@ -244,6 +244,12 @@ def case_sparse_before_the_host_sees_the_report(mode, backend, bad):
             _forward_then_backward(case, ids, _grad(ids))
             indices = case.params["weight"].grad._indices().reshape(-1).tolist()
             assert indices == [2, 2, 4, 2, 2, 7], indices
+            # No valid id at all: zero entries on one row, but in range (a sparse tensor with an index
+            # outside [0, V) would send coalesce() or an optimizer outside the table).
+            case = SparseLookup()
+            _forward_then_backward(case, _ids(bad, all_bad=True), _grad(_ids(bad, all_bad=True)))
+            grad = case.params["weight"].grad
+            assert all(0 <= i < V for i in grad._indices().reshape(-1).tolist()) and not grad._values().any()
     finally:
         errors.reported = original
         errors.forget(DEVICE)
