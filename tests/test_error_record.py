@@ -120,6 +120,15 @@ def test_the_environment_variable(value, mode):
     assert out.stdout.strip().splitlines()[-1] == mode
 
 
+def test_an_empty_backend_variable_is_the_default():
+    """The same rule for ``TRITON_EMBED_BACKEND=``: the default backend, not an error at import."""
+    env = {**os.environ, "TRITON_EMBED_BACKEND": ""}
+    out = subprocess.run([sys.executable, "-c", "import triton_embed; print(triton_embed.get_backend())"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "auto"
+
+
 def test_the_probe_writes_what_the_host_expects():
     """``_cuda_record`` trusts pinned memory when the probe's report reads back as ``errors._PROBE``."""
     if torch.cuda.is_available():
