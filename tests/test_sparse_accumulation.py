@@ -102,3 +102,27 @@ def test_an_empty_gradient_has_no_entries(device, backend):
         theirs(ids).sum().backward()
         assert ours.weight.grad._indices().shape == theirs.weight.grad._indices().shape == (1, 0)
         assert ours.weight.grad._values().shape == theirs.weight.grad._values().shape
+
+
+def test_a_compiled_sparse_backward_gives_the_same_entries(device):
+    """torch.compile traces the sparse backward into PyTorch ops (inductor): the same entries, accumulated the
+    same way, and a masked id's zero entry still on a row a valid token named (the report comes from the next
+    op). The caches are off: a cached graph of another build of this function would be reused."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    ours, theirs = _pair(triton_embed.Embedding, None, device)
+    compiled = torch.compile(lambda ids: ours(ids).sum(), fullgraph=True)
+    ids = torch.tensor([7, 1, 3], device=device)
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        for _ in range(2):
+            compiled(ids).backward()
+            theirs(ids).sum().backward()
+        assert torch.equal(ours.weight.grad._indices(), theirs.weight.grad._indices())
+        assert torch.equal(ours.weight.grad._values(), theirs.weight.grad._values())
+        ours.weight.grad = None
+        compiled(torch.tensor([7, 40, 3], device=device)).backward()
+    assert ours.weight.grad._indices().tolist() == [[7, 7, 3]]
+    assert not ours.weight.grad._values()[1].any()
+    with pytest.raises(IndexError, match="got id 40"):
+        triton_embed.check_errors()

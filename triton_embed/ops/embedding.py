@@ -60,17 +60,19 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
     entry per non-padding token, in token order, its values laid out as PyTorch lays them out (sparse
     gradients accumulate by that layout: on the CPU, contiguous values merge and others concatenate).
 
-    It raises a pending out-of-range report first, as every op that runs kernels does. Out-of-range ids
-    (masked by the forward) name no row that no valid token named: they are dropped with the padding tokens
-    (which costs a host sync, as in PyTorch), or, without a padding row, their zero entries go to the row of
-    the call's first valid id (no sync). Where the host already sees a report on the device (the check is
-    off), they are dropped as padding is, which covers a call with no valid id at all; only if the host
-    cannot see that call's report yet (a GPU running behind) do its zero entries land on one row.
+    It raises a pending out-of-range report first, as every op that runs kernels does (not inside a
+    ``torch.compile`` graph, which traces this function into PyTorch ops: there the next op reports).
+    Out-of-range ids (masked by the forward) name no row that no valid token named: they are dropped with
+    the padding tokens (which costs a host sync, as in PyTorch), or, without a padding row, their zero
+    entries go to the row of the call's first valid id (no sync). Where the host already sees a report on
+    the device (the check is off), they are dropped as padding is, which covers a call with no valid id at
+    all; only if the host cannot see that call's report yet (a GPU running behind) do its zero entries land
+    on one row.
     """
     if scale_grad_by_freq:
         raise RuntimeError("embedding_backward: scale_grad_by_freq not supported with sparse gradients")
     seen = False
-    if use_triton(grad):
+    if use_triton(grad) and not torch.compiler.is_compiling():
         errors.before_call(grad.device)
         seen = errors.reported(grad.device)  # still there after before_call: the check is off
     dim = grad.shape[-1]
@@ -88,8 +90,7 @@ def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx
     # (1,), no sync; clamped only for a call with no valid id whose report the host cannot see yet (a GPU
     # still behind), whose zero entries then stay in range, at the first id's nearest row.
     first_valid = flat.index_select(0, torch.argmax(valid.to(torch.uint8)).reshape(1)).clamp(0, num_weights - 1)
-    rows = torch.where(valid, flat, first_valid)
-    return _sparse(rows, _masked_values(values, valid), num_weights, dim)
+    return _sparse(torch.where(valid, flat, first_valid), _masked_values(values, valid), num_weights, dim)
 
 
 def _masked_values(values: Tensor, valid: Tensor) -> Tensor:
@@ -99,8 +100,9 @@ def _masked_values(values: Tensor, valid: Tensor) -> Tensor:
     masked = torch.where(valid.unsqueeze(1), values, torch.zeros((), dtype=values.dtype, device=values.device))
     if values.is_contiguous():
         return masked
-    spread = values.new_empty((values.shape[0], 2 * values.shape[1]))[:, ::2]  # not contiguous (N * D > 1)
-    return spread.copy_(masked)
+    # Every other element of an (N, D, 2) tensor: not contiguous (N * D > 1). Made without writing into a
+    # view, which torch.compile's graphs take too.
+    return torch.stack((masked, masked), dim=-1)[..., 0]
 
 
 def _sparse(rows: Tensor, values: Tensor, num_weights: int, dim: int) -> Tensor:

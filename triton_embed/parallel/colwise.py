@@ -51,7 +51,7 @@ class _SlicedNorm(torch.autograd.Function):
         dim, compute_dtype, group = ctx.options
         # The first backward of the step: a pending out-of-range report (e.g. the lookup's own) is raised
         # before dγ/dβ exist, as the fused kernels' backward does.
-        if use_triton(rows):
+        if use_triton(rows) and not torch.compiler.is_compiling():  # (a traced backward: the lookup's op checks)
             errors.before_call(rows.device)
         x = rows.to(compute_dtype).to(mean.dtype)
         dy = grad.to(compute_dtype).to(mean.dtype)
