@@ -97,7 +97,7 @@ def _masked_values(values: Tensor, valid: Tensor) -> Tensor:
     """``values`` with the rows of masked tokens zeroed, contiguous exactly where ``values`` is. PyTorch's
     entries are ``grad.reshape(-1, D)`` itself, which is not contiguous for, e.g., the expanded gradient of
     ``out.sum()``; the CPU's sparse addition concatenates such entries where it merges contiguous ones."""
-    masked = torch.where(valid.unsqueeze(1), values, torch.zeros((), dtype=values.dtype, device=values.device))
+    masked = torch.where(valid.unsqueeze(1), values, 0)
     if values.is_contiguous():
         return masked
     # Every other element of an (N, D, 2) tensor: not contiguous (N * D > 1). Made without writing into a
