@@ -93,10 +93,6 @@ class _Record:
             self.tensor, self.host, self.mirrored = _cuda_record(device)
         self.host_view = self.host.numpy()
 
-    def reported(self) -> bool:
-        """Whether the host sees a complete report (no CUDA call)."""
-        return self.host_view[0] == COMPLETE
-
     def take(self) -> tuple[int, int, int] | None:
         """(bad id, rows, op) of a report, waiting for the device first; the record is cleared."""
         if self.device.type == "cuda":
