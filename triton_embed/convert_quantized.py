@@ -36,13 +36,18 @@ def _fixed_quant_type(cls) -> str | None:
 
 def _blank(cls, source: torch.nn.Module, dtype: torch.dtype, device: torch.device, **options):
     """A ``cls`` with no table yet (built on the meta device: nothing V x D is allocated), its norm (for the
-    StableEmbedding forms) the source's own or a fresh one on ``device``, float32 whatever the default dtype."""
+    StableEmbedding forms) the source's own module, whatever it is (a LayerNorm, an RMSNorm, ...), or for a plain
+    source a fresh LayerNorm on ``device``, float32 whatever the default dtype."""
     new = cls(source.num_embeddings, source.embedding_dim, dtype=dtype, device="meta",
               padding_idx=source.padding_idx, **options)
     if hasattr(new, "norm"):
-        norm = getattr(source, "norm", None)
-        new.norm = norm if isinstance(norm, torch.nn.LayerNorm) else torch.nn.LayerNorm(
-            source.embedding_dim, device=device, dtype=torch.float32)
+        if "norm" in source._modules:
+            norm = source._modules["norm"]
+            if norm is None:
+                raise TypeError(f"the source {type(source).__name__} has no norm module (norm is None)")
+            new.norm = norm
+        else:
+            new.norm = torch.nn.LayerNorm(source.embedding_dim, device=device, dtype=torch.float32)
     return new.train(source.training)
 
 
@@ -97,6 +102,9 @@ def from_float(cls, module: torch.nn.Module, **options):
         options = _four_bit_options(cls, options.pop("quant_type", _fixed_quant_type(cls) or "fp4"),
                                     options.pop("blocksize", 64)) | options
     new = _blank(cls, module, table.dtype, table.device, **options)
+    if table.is_meta:  # no values yet (a model built on the meta device): quantized once a float table is loaded
+        new._quantize_when_loaded = True
+        return new
     with torch.no_grad():
         new._set_from_float(table)
     return new
