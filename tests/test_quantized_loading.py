@@ -186,3 +186,12 @@ def test_assign_loads_all_or_nothing_too(fmt):
     source = _make("nf4" if fmt == "fp4" else fmt).quantize()
     module.load_state_dict(source.state_dict(), assign=True)
     assert torch.equal(module.dequantize(), source.dequantize())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unknown_entries_are_unexpected_keys(fmt):
+    """A key beside the format's own (``weight.foo``, another format's ``SCB``) is reported, not swallowed."""
+    state = _state(fmt)
+    extra = {"weight.foo": torch.ones(1), ("weight.absmax" if fmt == "int8" else "SCB"): torch.ones(V)}
+    result = _make(fmt).load_state_dict({**state, **extra}, strict=False)
+    assert sorted(result.unexpected_keys) == sorted(extra) and not result.missing_keys

@@ -162,3 +162,21 @@ def test_from_float_keeps_a_stable_embeddings_own_norm(fmt):
     source.norm = None
     with pytest.raises(TypeError, match="norm"):
         cls.from_float(source, **options)
+
+
+@pytest.mark.parametrize("quantize_first", [True, False])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_table_is_frozen_in_either_order(fmt, quantize_first):
+    """``requires_grad_()`` asks the table for gradients: refused whether it is quantized yet or not (before, an
+    unquantized table took the flag and lost it when quantized; a quantized one raised PyTorch's dtype error)."""
+    module = _make(fmt, stable=True)
+    if quantize_first:
+        module.quantize()
+    with pytest.raises(RuntimeError, match="frozen"):
+        module.requires_grad_()
+    assert not module.weight.requires_grad and module.norm.weight.requires_grad
+    module.requires_grad_(False)
+    assert not any(p.requires_grad for p in module.parameters())
+    module.norm.requires_grad_()
+    module(IDS).sum().backward()
+    assert module.norm.weight.grad is not None and module.is_quantized and not module.weight.requires_grad

@@ -73,6 +73,21 @@ class _QuantizedEmbedding(torch.nn.Embedding):
             raise RuntimeError("the table is quantized: load or quantize a float table instead of re-initialising it")
         super().reset_parameters()
 
+    def requires_grad_(self, requires_grad: bool = True):
+        """As ``torch.nn.Module.requires_grad_``, but the table is frozen, quantized yet or not: asking it for
+        gradients raises ``RuntimeError`` (it would be dropped, or refused by the integer codes, depending on
+        whether the table was quantized yet); a StableEmbedding's ``norm`` takes ``norm.requires_grad_()``.
+
+        >>> import triton_embed
+        >>> emb = triton_embed.StableEmbedding8bit(4, 3)
+        >>> emb.requires_grad_(False).norm.weight.requires_grad, emb.norm.requires_grad_().weight.requires_grad
+        (False, True)
+        """
+        if requires_grad:
+            raise RuntimeError(f"{type(self).__name__}'s table is frozen (quantized tables get no gradient); call "
+                               "requires_grad_() on the modules that train (a StableEmbedding's norm) instead")
+        return super().requires_grad_(False)
+
     def quantize(self):
         """Quantize the float table in place, where it is (no-op once quantized); returns the module."""
         if not self.is_quantized:
@@ -206,8 +221,7 @@ class _QuantizedEmbedding(torch.nn.Embedding):
             for key in state_dict:
                 if key.startswith(prefix):
                     name = key[len(prefix):]
-                    if name.split(".", 1)[0] not in self._modules and not any(
-                            name == k or name.startswith(k + ".") for k in self._KEYS):
+                    if name.split(".", 1)[0] not in self._modules and name not in self._KEYS:
                         unexpected_keys.append(key)
 
     def _clear_state(self) -> None:

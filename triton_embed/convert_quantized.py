@@ -51,6 +51,14 @@ def _blank(cls, source: torch.nn.Module, dtype: torch.dtype, device: torch.devic
     return new.train(source.training)
 
 
+def _check_fits(shape: tuple[int, int], *checks) -> None:
+    """(name, got, expected) triples of a bitsandbytes module's quantized state: a state that does not fit the
+    module's (V, D) table would read other rows' codes, so it is refused."""
+    for name, got, expected in zip(checks[0::3], checks[1::3], checks[2::3]):
+        if got != expected:
+            raise ValueError(f"the bitsandbytes module's {name} is {got}, a {shape} table's is {expected}")
+
+
 def _four_bit_options(cls, quant_type: str, blocksize: int) -> dict:
     fixed = _fixed_quant_type(cls)
     if fixed is not None and fixed != quant_type:
@@ -76,7 +84,9 @@ def from_float(cls, module: torch.nn.Module, **options):
             raise TypeError(f"{type(module).__name__} holds a {'4-bit' if bnb_four_bit else 'int8'} table: use "
                             f"triton_embed.{'Embedding4bit' if bnb_four_bit else 'Embedding8bit'}.from_float")
         dtype = getattr(module, "dtype", weight.dtype)
+        shape = (module.num_embeddings, module.embedding_dim)
         if not bnb_four_bit and weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:
+            _check_fits(shape, "int8 codes", tuple(weight.shape), shape, "SCB", tuple(weight.SCB.shape), shape[:1])
             new = _blank(cls, module, dtype, weight.device)
             new._set_quantized(weight.data.clone(), weight.SCB.detach().float().clone())
             return new
@@ -84,6 +94,10 @@ def from_float(cls, module: torch.nn.Module, **options):
         if bnb_four_bit and getattr(weight, "bnb_quantized", False) and state is not None:
             if state.nested:
                 raise ValueError("double-quantized (compress_statistics) absmax is not supported")
+            count = shape[0] * shape[1]
+            _check_fits(shape, "quant_state.shape", tuple(state.shape), shape, "packed bytes",
+                        (weight.data.nbytes,), ((count + 1) // 2,), "absmax", tuple(state.absmax.shape),
+                        (-(-count // state.blocksize),), "code", tuple(state.code.shape), (16,))
             new = _blank(cls, module, dtype, weight.device, **_four_bit_options(cls, state.quant_type, state.blocksize))
             new.quant_storage = weight.dtype
             new._set_quantized(weight.data.contiguous().view(-1).view(torch.uint8).clone(),

@@ -143,6 +143,8 @@ class Embedding4bit(_QuantizedEmbedding):
     """
 
     _SCALES = ("absmax", "quant_map")
+    _KEYS = ("weight", "weight.absmax", "weight.quant_map", "weight.nested_absmax",
+             *(f"weight.quant_state.bitsandbytes__{t}" for t in formats.QUANT_TYPES))
     #: The quant type a shorthand class stands for (None: any, taken from a checkpoint).
     _FIXED_QUANT_TYPE: str | None = None
 
