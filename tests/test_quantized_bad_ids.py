@@ -82,4 +82,17 @@ def test_bad_ids_never_read_another_row(backend, device, mode, fmt, stable, inde
         assert torch.equal(out[0, position], zero_row.to(device)), (bad[position], out[0, position], rows)
     assert torch.equal(out[1, :len(bad)], rows[2].expand(len(bad), D))
     assert torch.equal(out[0, -2:], rows[[1, 0]]) and torch.equal(out[1, -2:], rows[[V - 1, 3]])
+    if stable:  # the backward re-reads the rows: a bad id's row is a zero row there too
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        out.backward(grad)
+        if kernels and mode == "deferred":
+            triton_embed.check_errors()  # the forward's report was taken: the backward reports nothing new
+        table = torch.cat([module.dequantize().detach(), torch.zeros(1, D, dtype=module.dtype)]).to(device)
+        truth = triton_embed.reference.StableEmbedding(V + 1, D, _weight=table, device=device)
+        truth.norm.load_state_dict(module.norm.state_dict())
+        zero_ids = torch.where((ids >= 0) & (ids < V), ids, V).long()
+        truth(zero_ids).backward(grad)
+        for got, expected in ((module.norm.weight.grad, truth.norm.weight.grad),
+                              (module.norm.bias.grad, truth.norm.bias.grad)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import triton_embed
+from peers import needs
 from triton_embed import quantize
 
 FORMATS = ["int8", "nf4", "fp4"]
@@ -195,3 +196,38 @@ def test_unknown_entries_are_unexpected_keys(fmt):
     extra = {"weight.foo": torch.ones(1), ("weight.absmax" if fmt == "int8" else "SCB"): torch.ones(V)}
     result = _make(fmt).load_state_dict({**state, **extra}, strict=False)
     assert sorted(result.unexpected_keys) == sorted(extra) and not result.missing_keys
+
+
+def _bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)  # bitwise (a packed bf16 may be a NaN)
+
+
+@needs("bitsandbytes")
+@pytest.mark.parametrize("quant_storage", [torch.uint8, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bitsandbytes_own_checkpoints_load_and_save_back_byte_for_byte(fmt, quant_storage):
+    """A state_dict bitsandbytes' Linear8bitLt / Linear4bit saves (the layouts ours uses) loads into ours, gives
+    bitsandbytes' dequantized values and saves back byte for byte; double-quantized absmax is refused."""
+    import bitsandbytes as bnb
+
+    if fmt == "int8" and quant_storage != torch.uint8:
+        pytest.skip("quant_storage is a 4-bit option")
+    torch.manual_seed(0)
+    if fmt == "int8":
+        theirs = bnb.nn.Linear8bitLt(64, 13, bias=False, has_fp16_weights=False).to("cpu")
+        ours = triton_embed.Embedding8bit(13, 64)
+        expected = theirs.weight.data.float() * (theirs.weight.SCB / 127.0)[:, None]  # as bnb's Embedding8bit
+    else:
+        theirs = bnb.nn.Linear4bit(64, 13, bias=False, quant_type=fmt, compress_statistics=False,
+                                   quant_storage=quant_storage, compute_dtype=torch.float32).to("cpu")
+        ours = triton_embed.Embedding4bit(13, 64, quant_type="fp4" if fmt == "nf4" else "nf4")
+        expected = bnb.functional.dequantize_4bit(theirs.weight.data, theirs.weight.quant_state)
+    state = theirs.state_dict()
+    ours.load_state_dict(state)
+    assert torch.equal(ours.dequantize(), expected.float())
+    saved = ours.state_dict()
+    assert sorted(saved) == sorted(state)
+    assert all(saved[k].dtype == state[k].dtype and torch.equal(_bytes(saved[k]), _bytes(state[k])) for k in state)
+    if fmt != "int8":
+        nested = bnb.nn.Linear4bit(64, 13, bias=False, quant_type=fmt, compute_dtype=torch.float32).to("cpu")
+        _failed_load(ours, nested.state_dict(), "weight.nested_absmax")

@@ -180,3 +180,12 @@ def test_the_table_is_frozen_in_either_order(fmt, quantize_first):
     module.norm.requires_grad_()
     module(IDS).sum().backward()
     assert module.norm.weight.grad is not None and module.is_quantized and not module.weight.requires_grad
+
+
+def test_replace_embeddings_names_a_table_it_cannot_quantize_and_replaces_nothing():
+    model = torch.nn.Sequential(torch.nn.Embedding(V, D), torch.nn.Embedding(V, D))
+    with torch.no_grad():
+        model[1].weight[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"cannot quantize 1 \(torch.nn.Embedding\).*nothing was replaced"):
+        triton_embed.replace_embeddings(model, quantize="nf4")
+    assert [type(m) for m in model] == [torch.nn.Embedding, torch.nn.Embedding]
