@@ -165,7 +165,8 @@ def test_a_module_under_three_names_saves_no_buffer_twice(fmt, stable):
     shared = [sorted(keys) for keys in owners.values() if len(keys) > 1]
     allowed = ("weight", "weight.absmax", "weight.quant_map", "norm.weight", "norm.bias")
     for keys in shared:
-        assert {key.split(".", 1)[1] for key in keys} <= set(allowed) and len({k.split(".", 1)[1] for k in keys}) == 1, keys
+        names = {key.split(".", 1)[1] for key in keys}
+        assert len(names) == 1 and names <= set(allowed), keys
     fresh = copy.deepcopy(model)
     fresh.shared.load_state_dict(_make(fmt, stable=stable).quantize().state_dict())
     fresh.load_state_dict(state)
