@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import triton_embed
+from triton_embed import _quantized_module
 
 FORMATS = ["int8", "nf4", "fp4"]
 V, D = 8, 6
@@ -189,3 +190,26 @@ def test_replace_embeddings_names_a_table_it_cannot_quantize_and_replaces_nothin
     with pytest.raises(ValueError, match=r"cannot quantize 1 \(torch.nn.Embedding\).*nothing was replaced"):
         triton_embed.replace_embeddings(model, quantize="nf4")
     assert [type(m) for m in model] == [torch.nn.Embedding, torch.nn.Embedding]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_moves_quantize_a_table_but_never_a_placeholder(fmt, monkeypatch):
+    """A move to CUDA quantizes a float table (the CPU stands in for CUDA here), but not a table that came off
+    the meta device by to_empty (no values yet; a module under several names is moved once per name)."""
+    monkeypatch.setattr(_quantized_module, "QUANTIZING_DEVICES", ("cuda", "cpu"))
+    moved = _make(fmt)
+    table = moved.weight.detach().clone()
+    moved.to("cpu")
+    assert moved.is_quantized
+    assert torch.equal(moved.dequantize(), _make(fmt, _weight=table).quantize().dequantize())
+    cls, options = _cls_options(fmt)
+    with torch.device("meta"):
+        source = torch.nn.Embedding(V, D)
+    for placeholder in (cls.from_float(source, **options), _make(fmt, device="meta")):
+        placeholder.to_empty(device="cpu").to_empty(device="cpu").to("cpu")
+        assert not placeholder.is_quantized
+        placeholder.load_state_dict({"weight": table})
+        assert placeholder.is_quantized and torch.equal(placeholder.dequantize(), moved.dequantize())
+    assigned = _make(fmt, device="meta")  # a module built on the meta device takes a float table the same way
+    assigned.load_state_dict({"weight": table}, assign=True)
+    assert assigned.is_quantized and torch.equal(assigned.dequantize(), moved.dequantize())

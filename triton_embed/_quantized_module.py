@@ -15,6 +15,10 @@ from ._validation import check_indices_dtype, check_same_device, normalize_paddi
 from .ops import quantized as _ops  # noqa: F401  (registers triton_embed::quantized_*)
 
 
+#: Device types a move to which quantizes a float table (as bitsandbytes does on a move to the GPU).
+QUANTIZING_DEVICES = ("cuda",)
+
+
 class CheckpointError(ValueError):
     """A state_dict entry a quantized table cannot load; its message names the key."""
 
@@ -29,7 +33,7 @@ class _QuantizedEmbedding(torch.nn.Embedding):
     through dtype casts, the lookup ops. Subclasses name their scale buffers and hold the format."""
 
     _SCALES: tuple[str, ...] = ()
-    #: True while the float table has no values yet (``from_float`` on the meta device, or ``to_empty`` from it):
+    #: True while the float table has no values yet (built on the meta device, or moved off it by ``to_empty``):
     #: a float table loaded into the module is quantized at once, and moves never quantize the placeholder.
     _quantize_when_loaded: bool = False
 
@@ -41,6 +45,8 @@ class _QuantizedEmbedding(torch.nn.Embedding):
         formats.check_table_dtype(self.weight.dtype)
         #: Output dtype (bitsandbytes' ``dtype``): the float table's dtype, the dequantized rows' dtype.
         self.dtype = self.weight.dtype
+        if self.weight.is_meta:  # no values yet: the float table loaded into it is quantized at once
+            self._quantize_when_loaded = True
 
     @property
     def is_quantized(self) -> bool:
@@ -127,7 +133,7 @@ class _QuantizedEmbedding(torch.nn.Embedding):
             # A float table that was on the meta device holds no values yet (to_empty): it is quantized once
             # loaded, never now (a module under several names is moved once per name).
             self._quantize_when_loaded = self._quantize_when_loaded or was_meta
-            if self.weight.device.type == "cuda" and not self._quantize_when_loaded:
+            if self.weight.device.type in QUANTIZING_DEVICES and not self._quantize_when_loaded:
                 self.quantize()
         return self
 

@@ -88,7 +88,7 @@ def from_float(cls, module: torch.nn.Module, **options):
         if not bnb_four_bit and weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:
             _check_fits(shape, "int8 codes", tuple(weight.shape), shape, "SCB", tuple(weight.SCB.shape), shape[:1])
             new = _blank(cls, module, dtype, weight.device)
-            new._set_quantized(weight.data.clone(), weight.SCB.detach().float().clone())
+            new._set_from_state((weight.data.clone(), weight.SCB.detach().float().clone()))
             return new
         state = getattr(weight, "quant_state", None) or getattr(module, "quant_state", None)
         if bnb_four_bit and getattr(weight, "bnb_quantized", False) and state is not None:
@@ -100,8 +100,8 @@ def from_float(cls, module: torch.nn.Module, **options):
                         (-(-count // state.blocksize),), "code", tuple(state.code.shape), (16,))
             new = _blank(cls, module, dtype, weight.device, **_four_bit_options(cls, state.quant_type, state.blocksize))
             new.quant_storage = weight.dtype
-            new._set_quantized(weight.data.contiguous().view(-1).view(torch.uint8).clone(),
-                               state.absmax.detach().float().clone(), state.code.detach().float().clone())
+            new._set_from_state((weight.data.contiguous().view(-1).view(torch.uint8).clone(),
+                                 state.absmax.detach().float().clone(), state.code.detach().float().clone()))
             return new
         if bnb_four_bit:  # not quantized yet: its own format options
             options = {"quant_type": weight.quant_type, "blocksize": weight.blocksize, **options}
@@ -117,7 +117,6 @@ def from_float(cls, module: torch.nn.Module, **options):
                                     options.pop("blocksize", 64)) | options
     new = _blank(cls, module, table.dtype, table.device, **options)
     if table.is_meta:  # no values yet (a model built on the meta device): quantized once a float table is loaded
-        new._quantize_when_loaded = True
         return new
     with torch.no_grad():
         new._set_from_float(table)
