@@ -13,8 +13,8 @@ What each mode must give:
   oracle: PyTorch on the table with a zero row appended, the bad ids pointing at it, that row's gradient
   dropped): no gradient row and no sparse entry for a row no valid token named, and an optimizer step
   (SparseAdam with momentum on every row; SGD) leaves every such row bitwise unchanged;
-- the reference path, every mode: the lookup raises (PyTorch's own IndexError, or the check's) and nothing
-  changes.
+- the reference path (CPU tensors), every mode: the lookup raises (PyTorch's own IndexError, or the check's)
+  and nothing changes.
 """
 from __future__ import annotations
 
@@ -34,7 +34,10 @@ import triton_embed  # noqa: E402
 from triton_embed import errors, functional  # noqa: E402
 
 V, D = 9, 5
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+KERNELS_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+#: Where the current case runs: the kernels' device, or the CPU for the reference path (CPU tensors keep
+#: PyTorch's IndexError; on a GPU, PyTorch's own ops would stop the process with a device assert).
+DEVICE = KERNELS_DEVICE
 
 
 class Case:
@@ -292,9 +295,11 @@ BADS = (-1, V, 2**40)
 
 
 def main() -> None:
+    global DEVICE
     results = {}
     for name, fn in CASES.items():
         for backend in ("auto", "reference"):
+            DEVICE = KERNELS_DEVICE if backend == "auto" else torch.device("cpu")
             for mode in ("deferred", "sync", "off"):
                 for bad in BADS:
                     key = f"{name}/{backend}/{mode}/{bad}"
