@@ -44,6 +44,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 import aot_read  # noqa: E402
+from aot_read import record_atomics  # noqa: E402,F401 - the error record's atomics, read in the PTX
 import aot_rules  # noqa: E402
 import aot_targets  # noqa: E402
 from aot_triton import (  # noqa: E402
@@ -111,7 +112,8 @@ def unknown_options(target, options: dict[str, Any]) -> tuple[list[str], Any]:
     return sorted(k for k in options if k not in parsed.__dict__), parsed
 
 
-def _read(result: dict, compiled, backend: str, capability: int | None, log: str, name: str) -> None:
+def _read(result: dict, compiled, backend: str, capability: int | None, log: str, name: str,
+          fn_args: list[str]) -> None:
     asm = {k: (v.decode() if isinstance(v, bytes) and k != "cubin" and k != "hsaco" else v)
            for k, v in compiled.asm.items()}
     if backend == "cuda":
@@ -122,6 +124,8 @@ def _read(result: dict, compiled, backend: str, capability: int | None, log: str
         else:
             result["ptxas_run_by"] = "triton"
         result.update(aot_read.parse_ptxas(log))
+        if "err_ptr" in fn_args:  # writes the error record (kernels/errors.py)
+            result["record_atomics"] = aot_read.record_atomics(code)
         if result["spill_stores"] or result["spill_loads"]:
             if reg_alloc_option():  # without Triton's register-allocation workaround too? (Not: its artefact.)
                 plain = aot_read.parse_ptxas(run_ptxas(capability, code, name, bool(result["fp_fusion"]), extra=False))
@@ -169,7 +173,7 @@ def compile_one(job: tuple) -> dict[str, Any]:
                                       target=target, options=options)
         result["smem_dynamic"] = int(getattr(compiled.metadata, "shared", 0) or 0)
         capability = aot_targets.capability(target_name) if machine.backend == "cuda" else None
-        _read(result, compiled, machine.backend, capability, log.getvalue(), spec.name)
+        _read(result, compiled, machine.backend, capability, log.getvalue(), spec.name, list(fn.arg_names))
         result["smem"] = result["smem_static"] + result["smem_dynamic"]
         result["occupancy"] = aot_targets.occupancy(target_name, config.get("num_warps", 4), result["registers"],
                                                     result["smem"])

@@ -49,6 +49,8 @@ APPROX_LLIR = {
     "log2": re.compile(r"@llvm\.amdgcn\.log\.|@llvm\.log2?\.(?:v\d+)?f32\b"),
     "trig": re.compile(r"@llvm\.(?:sin|cos)\.|@llvm\.amdgcn\.(?:sin|cos)\."),
 }
+# A predicated 64-bit global atomic and its qualifiers (kernels/errors.py's record: claim, fields, publish).
+_RECORD_ATOMIC = re.compile(r"@(%p\d+)\s+atom\.global((?:\.[a-z]+)+?)\.(cas|exch)\.b64\b")
 _PTX_FMA = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:fma|mad)\.rn[a-z0-9.]*\.f(?:32|64)\b", re.M)
 _LLIR_FMA = re.compile(r"@llvm\.(?:fma|fmuladd)\.|\b(?:contract|fast)\b")
 _AMD_META = {
@@ -98,6 +100,21 @@ def count_vector_loads(ptx: str, min_bits: int = 128) -> int:
 def count_calls(sass: str) -> int:
     """Subroutine calls in a SASS listing (a correctly rounded division's slow path, for instance)."""
     return len(re.findall(r"\bCALL\.", sass))
+
+
+def record_atomics(ptx: str) -> dict:
+    """The error record's atomics in ``ptx`` (kernels/errors.py): compare-and-swaps (the claim), exchanges
+    with release semantics (the publish) and relaxed ones (the fields), how many of each are at system scope
+    (visible to the host through pinned memory), and the predicates that issue them (one: one thread)."""
+    found = [(pred, set(quals.strip(".").split(".")), op) for pred, quals, op in _RECORD_ATOMIC.findall(ptx)]
+    return {
+        "cas": sum(op == "cas" for _, _, op in found),
+        "publish": sum(op == "exch" and "release" in q for _, q, op in found),
+        "fields": sum(op == "exch" and "release" not in q for _, q, op in found),
+        "system_scope": sum("sys" in q for _, q, _ in found),
+        "total": len(found),
+        "predicates": sorted({pred for pred, _, _ in found}),
+    }
 
 
 def count_barriers(code: str, backend: str) -> int:
