@@ -200,8 +200,8 @@ def _layer_norm_backward_rows(
 ):
     """LayerNorm backward of BLOCK_T rows (rows as in ``_layer_norm_forward_rows``; dy at
     ``dy_ptr + dy_rows`` where ``row_valid``, rounded to CAST_DTYPE as the backward of the forward's final
-    cast does). dx goes to ``_emit_dx``. Returns this tile's [BLOCK_D] dγ and dβ column sums (fixed trees
-    over the BLOCK_T rows) when SINGLE_BLOCK; otherwise adds them in place to row ``partial_row`` of the
+    cast does). dx goes to ``_emit_dx``. Returns this tile's [BLOCK_D] dγ and dβ column sums (``tl.sum``
+    over the BLOCK_T rows, in the layout D fixes) when SINGLE_BLOCK; otherwise adds them in place to row ``partial_row`` of the
     (P, D) partial buffers, which belongs to the calling program alone."""
     return _layer_norm_backward_source(
         _load_rows, (x_ptr, x_rows, stride_xd), x_valid,

@@ -44,7 +44,8 @@ def _column_sum(x):
 
 @triton.jit
 def _tree_sum(x):
-    """Σ over the last axis of a [rows, width] tile (width a power of two) by the fixed folding tree."""
+    """Σ over the last axis of a [rows, width] tile (width a power of two) by the fixed folding tree (the
+    row-wise twin of :func:`_tree_sum_columns`, for sums that must give the interpreter's bits)."""
     for _ in tl.static_range(16):
         if x.shape[1] > 1:
             x = tl.sum(tl.reshape(x, [x.shape[0], 2, x.shape[1] // 2]), axis=1)

@@ -52,7 +52,12 @@ APPROX_LLIR = {
 # A predicated 64-bit global atomic and its qualifiers (kernels/errors.py's record: claim, fields, publish).
 _RECORD_ATOMIC = re.compile(r"@(%p\d+)\s+atom\.global((?:\.[a-z]+)+?)\.(cas|exch)\.b64\b")
 _PTX_FMA = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:fma|mad)\.rn[a-z0-9.]*\.f(?:32|64)\b", re.M)
-_LLIR_FMA = re.compile(r"@llvm\.(?:fma|fmuladd)\.|\b(?:contract|fast)\b")
+# Contraction in the LLVM IR: ``fmuladd`` or the ``contract``/``fast`` flags. (An explicit ``llvm.fma`` is an
+# algorithm's own step, such as Triton 3.6's correctly rounded square root on AMD, not a contraction.)
+_LLIR_FMA = re.compile(r"@llvm\.fmuladd\.|\b(?:contract|fast)\b")
+# Triton 3.6's correctly rounded float32 square root on AMD: rsq, Newton steps by explicit FMAs, and a
+# class test of the same operand for the special values. Its rsq is not an approximation of the result.
+_AMD_PRECISE_SQRT = re.compile(r"@llvm\.amdgcn\.rsq\.f32\(float (%[\w.]+)\)(?=(?:.*\n){1,12}?.*@llvm\.is\.fpclass\.f32\(float \1,)")
 _AMD_META = {
     "registers": re.compile(r"; TotalNumVgprs: (\d+)"),
     "vgprs": re.compile(r"\.vgpr_count:\s+(\d+)"),
@@ -127,6 +132,8 @@ def approximations(code: str, backend: str) -> dict[str, int]:
     """Approximate math instructions by class (only the classes present): PTX on CUDA, LLVM IR on AMD."""
     table = APPROX_PTX if backend == "cuda" else APPROX_LLIR
     code = _without_declarations(code)
+    if backend != "cuda":
+        code = _AMD_PRECISE_SQRT.sub("@precise.sqrt(", code)
     found = {name: len(pattern.findall(code)) for name, pattern in table.items()}
     return {name: n for name, n in found.items() if n}
 

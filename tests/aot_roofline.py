@@ -105,7 +105,8 @@ def hot_region(listing: str, kind: str) -> tuple[int, int, str]:
     """(instructions, global loads, description) of the hot region of a SASS listing (see the module doc).
     The kernel's straight path ends at its first unpredicated ``EXIT``: what follows is out of line (the
     shuffles' fallbacks for divergent warps, a division's slow path, the trailing self-branch) and is left
-    out. Loops are found by their backward branches."""
+    out, as is the error record's block (run only for an out-of-range id). Loops are found by their
+    backward branches."""
     main = listing.split("\n$__internal", 1)[0]
     instructions: list[tuple[int, str]] = []
     labels: dict[str, int] = {}
@@ -133,6 +134,17 @@ def hot_region(listing: str, kind: str) -> tuple[int, int, str]:
 
     def loads(body: list[str]) -> int:
         return sum(1 for t in body if re.search(r"\bLDG(?:\.|\s)", t))
+
+    # Code that runs only when an id is out of range: the error record's block, which a forward branch
+    # skips and which claims the record with a compare-and-swap (kernels/errors.py). Not run in a normal call.
+    error_block: set[int] = set()
+    for address, text in instructions:
+        target = _BRANCH.search(text)
+        if target and target.group(1) in labels and labels[target.group(1)] > address:
+            skipped = [(a, t) for a, t in instructions if address < a < labels[target.group(1)]]
+            if any(re.search(r"\bATOMG?\.\S*CAS", t) for _, t in skipped):
+                error_block.update(a for a, _ in skipped)
+    instructions = [(a, t) for a, t in instructions if a not in error_block]
 
     if kind == "norm pass":  # the renorm without its second pass (skipped for rows within max_norm)
         rescaling = [lp for lp in loops if any(re.search(r"\bSTG(?:\.|\s)", t) for t in lp[2])]

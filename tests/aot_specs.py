@@ -697,7 +697,7 @@ SPECS: dict[str, KernelSpec] = {
                    _n64(QUANTIZED_GATHER_SETTINGS), launch_config=_gather_tile, max_barriers=22),
         KernelSpec(f"{_K}.quantized", "quantized_stable_fwd_kernel", "quantized_stable_forward", Q_ROWS,
                    _quantized_stable_fwd, _n64(QUANTIZED_FWD_SETTINGS), launch_config=_quantized_forward_tile,
-                   approx=LAYER_NORM_APPROX, same_sums=True, max_barriers=30),
+                   approx=LAYER_NORM_APPROX, same_sums=True, max_barriers=34),
         KernelSpec(f"{_K}.quantized", "quantized_stable_bwd_kernel", "quantized_stable_backward", Q_ROWS,
                    _quantized_stable_bwd, _n64(QUANTIZED_BWD_SETTINGS), launch_config=_backward_tile, same_sums=True,
                    max_barriers=26),

@@ -50,6 +50,17 @@ def test_hot_region_reads_loops_and_stops_at_the_exit():
     assert aot_roofline.hot_region(storing, "norm pass")[0] == 4  # both loops store (the inner one is in both)
 
 
+def test_the_error_records_block_is_not_counted():
+    """A block behind a forward branch that claims the record (a compare-and-swap) runs only for a bad id."""
+    guarded = SASS.replace("        /*0000*/                   MOV R1, c[0x0][0x28] ;\n", """\
+        /*0000*/               @!P4 BRA `(.L_x_9) ;
+        /*0004*/                   ATOMG.E.CAS.64.STRONG.SYS PT, R28, [R26], R28, R30 ;
+        /*0008*/                   ATOMG.E.EXCH.64.STRONG.SYS PT, RZ, desc[UR8][R26.64], R28 ;
+.L_x_9:
+""")
+    assert aot_roofline.hot_region(guarded, "program") == (12, 4, "program")  # the branch, not the block
+
+
 def test_saved_data_covers_every_kernel_at_the_lm_shapes():
     expected = {(job[0].rsplit(".", 1)[1], job[1], job[3], job[2]) for job in aot_roofline.jobs()}
     saved = {(r["kernel"], r["dtype"], r["dim"], r["target"]) for r in ROWS}

@@ -45,10 +45,11 @@ BACKWARD_ELEMS = 4096
 #: Values of a row each thread holds in the LayerNorm family's forward (float32 statistics; half for
 #: float64): sets the warps per row from D.
 ROW_VALUES_PER_THREAD = 8
-#: Values of a tile each thread holds in the backward (float32 statistics; half for float64): fewer warps
-#: than the forward's, as the reductions' shuffles and barriers are paid per warp while the row math is
-#: paid per value; ptxas keeps the live values (x, dy, x̂, γ·dy) within 128 registers without spilling.
-BACKWARD_VALUES_PER_THREAD = 16
+#: Values of a tile each thread holds in the backward (float32 statistics; half for float64), per backend:
+#: on CUDA fewer warps than the forward's, as the reductions' shuffles and barriers are paid per warp while
+#: the row math is paid per value (ptxas keeps the live values, x, dy, x̂, γ·dy, within 128 registers); on
+#: ROCm 8, as Triton 3.6's AMD backend spills the 4-bit table's backward at 16.
+BACKWARD_VALUES_PER_THREAD = {"cuda": 16, "hip": 8}
 #: Values of a whole tile a thread may hold: the forward's rows per program stop there (more rows per
 #: program spread its fixed costs, the ids, the statistics' reductions, over more bytes).
 TILE_VALUES_PER_THREAD = 32
@@ -144,7 +145,7 @@ def backward_tile(config: tuning.Config, dim: int, wide: bool = False, backend: 
     and the warps are fixed by D (they shape dγ/dβ's and the rows' sums); the config sets nothing else."""
     block_d, single = row_width(dim, wide)
     block_t = max(1, min((BACKWARD_ELEMS // (2 if wide else 1)) // block_d, 64))
-    warps = row_warps(block_t * block_d, wide, backend, BACKWARD_VALUES_PER_THREAD)
+    warps = row_warps(block_t * block_d, wide, backend, BACKWARD_VALUES_PER_THREAD[backend or gpu_backend()])
     return {"BLOCK_T": block_t, "BLOCK_D": block_d}, _options(config, warps, backend, True), single
 
 
