@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -37,25 +38,57 @@ VALIDATE_BUDGET_S = 420.0
 _VALIDATE_EXCLUDES = ("vocab", "dim", "tokens", "dtype", "dist", "ops", "pass_", "tune_only", "no_check")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a shape of 0 or less has nothing to measure)."""
+#: The largest shape argument: ids and offsets are int64 (a larger one fails the memory check anyway).
+MAX_SHAPE = 2**62
+#: The most interleaved timing rounds (each round times every pass of every implementation once).
+MAX_ROUNDS = 100
+#: The longest --time-budget: a week (a longer one is a typo; inf or nan is no budget at all).
+MAX_TIME_BUDGET_S = 7 * 24 * 3600.0
+
+
+def positive_int(text: str, most: int = MAX_SHAPE) -> int:
+    """argparse type: a whole number from 1 to ``most`` (a shape of 0 or less has nothing to measure).
+
+    >>> positive_int("4096")
+    4096
+    """
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above 0."""
+def rounds_count(text: str) -> int:
+    """argparse type of --rounds: 1 to :data:`MAX_ROUNDS`.
+
+    >>> rounds_count("3")
+    3
+    """
+    return positive_int(text, MAX_ROUNDS)
+
+
+def positive_float(text: str, most: float = MAX_TIME_BUDGET_S) -> float:
+    """argparse type: a finite number of seconds above 0 and at most ``most`` (``inf`` and ``nan`` are refused:
+    they are no budget, and JSON cannot hold them).
+
+    >>> positive_float("420")
+    420.0
+    """
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most:.0f} s, got {value:g}")
     return value
 
 
@@ -115,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index-check", choices=INDEX_CHECK_MODES, default="deferred",
                    help="triton_embed's index check mode while timing (default deferred: what users get, "
                    "no host sync; sync costs one per op)")
-    p.add_argument("--rounds", type=positive_int,
+    p.add_argument("--rounds", type=rounds_count,
                    help="interleaved timing rounds per case (default 3 on a GPU; 1 with --quick or on the CPU)")
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help=f"stop starting cases when this many seconds have passed (default: none; "
@@ -181,6 +214,11 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     if not gpu and not triton_embed.interpreter_enabled():
         say("error: no GPU and TRITON_INTERPRET is off: run `python -m triton_embed.bench` (it sets it)")
         return 2
+    if gpu and not args.no_tune:  # the tuning writes the cache: a file it cannot extend is said before any work
+        try:
+            tuning.read_cache()
+        except RuntimeError as exc:
+            cli.error(str(exc))
     restore = raise_on_term()
     threads = torch.get_num_threads()
     backend = triton_embed.get_backend()

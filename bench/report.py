@@ -5,6 +5,7 @@ import csv
 import importlib.metadata
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -181,9 +182,34 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
+def strict(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, ±inf) spelled as a string, and tuples as lists:
+    what :func:`write_json` writes, so that every reader (not only Python's) can parse it.
+
+    >>> strict({"err": float("nan"), "ms": [1.5, float("inf")], "n": (1, -float("inf"))})
+    {'err': 'nan', 'ms': [1.5, 'inf'], 'n': [1, '-inf']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    return value
+
+
+def json_text(data: Any) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity tokens) of ``data``, non-finite floats as strings.
+
+    >>> json_text({"budget": float("inf")})
+    '{\n "budget": "inf"\n}\n'
+    """
+    return json.dumps(strict(data), indent=1, allow_nan=False) + "\n"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """A JSON file, written atomically."""
-    write_text(path, json.dumps(data, indent=1) + "\n")
+    """A strict JSON file (:func:`json_text`), written atomically."""
+    write_text(path, json_text(data))
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:

@@ -175,18 +175,50 @@ def cache_path() -> Path:
     return Path(folder) / "tuning.json"
 
 
+#: The cache file's layout version (a file of another version is not this release's to read or extend).
+CACHE_VERSION = 1
+
+
 def read_cache(path: Path | None = None) -> dict[str, Any]:
-    """The whole cache file as a dict (``{"version": 1, "devices": {tag: {key: config}}}``)."""
+    """The whole cache file as a dict (``{"version": 1, "devices": {tag: {key: config}}}``).
+
+    A missing file is an empty cache. A file that cannot be read or parsed, or whose layout is not the one
+    above (another version, ``devices`` or a device's entries not a mapping), raises ``RuntimeError`` saying
+    so: writers must not extend it and readers fall back to the default configs. Entries themselves are
+    checked where they are used (:func:`valid_config`).
+    """
     path = path or cache_path()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {"version": 1, "devices": {}}
-    except (OSError, json.JSONDecodeError) as exc:
+        return {"version": CACHE_VERSION, "devices": {}}
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise RuntimeError(f"triton_embed tuning cache {path} is unreadable ({exc}); delete it to retune") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
-        raise RuntimeError(f"triton_embed tuning cache {path} has an unknown layout; delete it to retune")
+    problem = _layout_problem(data)
+    if problem:
+        raise RuntimeError(f"triton_embed tuning cache {path} has an unknown layout ({problem}); delete it to retune")
     return data
+
+
+def _layout_problem(data: Any) -> str | None:
+    """What is wrong with a parsed cache file's layout, or None.
+
+    >>> _layout_problem({"version": 1, "devices": {"gpu": {}}}) is None
+    True
+    >>> _layout_problem({"version": 1, "devices": {"gpu": []}})
+    "device 'gpu' holds a list, not a mapping of tuning keys"
+    """
+    if not isinstance(data, dict):
+        return f"the file holds a {type(data).__name__}, not a mapping"
+    if data.get("version") != CACHE_VERSION:
+        return f"version {data.get('version')!r}, this release reads {CACHE_VERSION}"
+    devices = data.get("devices")
+    if not isinstance(devices, dict):
+        return f"'devices' is a {type(devices).__name__}, not a mapping"
+    for tag, entries in devices.items():
+        if not isinstance(entries, dict):
+            return f"device {tag!r} holds a {type(entries).__name__}, not a mapping of tuning keys"
+    return None
 
 
 def write_cache(entries: dict[str, Config], tag: str | None = None, path: Path | None = None) -> Path:
@@ -204,7 +236,7 @@ def write_cache(entries: dict[str, Config], tag: str | None = None, path: Path |
         data["devices"].setdefault(tag, {}).update(entries)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
         os.replace(tmp, path)
     global _file_entries
     _file_entries = None
@@ -215,11 +247,11 @@ def _cached_entries() -> dict[str, Config]:
     global _file_entries
     if _file_entries is None:
         try:
-            entries = read_cache().get("devices", {}).get(device_tag(), {})
+            entries = read_cache()["devices"].get(device_tag(), {})
         except RuntimeError as exc:  # a damaged cache must not break the ops: tune again, or use the defaults
             warnings.warn(f"{exc}; using untuned configs", RuntimeWarning, stacklevel=3)
             entries = {}
-        _file_entries = entries if isinstance(entries, dict) else {}
+        _file_entries = entries
     return _file_entries
 
 
