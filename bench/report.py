@@ -201,8 +201,8 @@ def strict(value: Any) -> Any:
 def json_text(data: Any) -> str:
     """Strict JSON (RFC 8259: no NaN or Infinity tokens) of ``data``, non-finite floats as strings.
 
-    >>> json_text({"budget": float("inf")})
-    '{\n "budget": "inf"\n}\n'
+    >>> json.loads(json_text({"budget": float("inf"), "runs": 3}))
+    {'budget': 'inf', 'runs': 3}
     """
     return json.dumps(strict(data), indent=1, allow_nan=False) + "\n"
 

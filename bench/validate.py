@@ -17,23 +17,27 @@ its time budget, by ``timeout`` (SIGTERM) or by a kill — leaves every figure i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
+import signal
 import subprocess
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 import triton_embed
 from triton_embed import tuning
 
-from . import benchmark, report
+from . import benchmark, report, verdict
 from . import cases as cases_mod
 from .runner import PASSES
-from .summary import evaluate, format_summary
+from .summary import format_summary
 from .timing import Deadline, Interrupted, Timer
 
 SCHEMA = "triton_embed.validate/1"
@@ -68,20 +72,44 @@ class Record:
         report.write_json(self.path, self.data)
 
 
-def run_stages(stages: list[tuple[str, Callable[[], dict[str, Any]]]], record: Record, say: Say) -> None:
-    """Run each stage and record it; an error fails that stage, never the later ones. An
-    :class:`Interrupted` marks the running stage interrupted, writes the file and propagates."""
-    for name, fn in stages:
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its name, what runs it, and ``always``: it runs whatever happened before it (the summary,
+    the reason for the run, is written after an interrupted, failed or overrun stage too)."""
+
+    name: str
+    run: Callable[[], dict[str, Any]]
+    always: bool = False
+
+
+def run_stages(stages: list[Stage], record: Record, say: Say, deadline: Deadline | None = None) -> None:
+    """Run each stage and record it as it finishes. An error fails that stage, never the later ones. Once
+    ``deadline`` has passed, the stages not yet started are recorded as skipped. An :class:`Interrupted`
+    (SIGTERM, Ctrl-C) marks the running stage interrupted and the later ones not run, except the ``always``
+    stages, which still run (with further signals held off until they end); then it propagates."""
+    interrupted: Interrupted | None = None
+    for stage in stages:
+        name = stage.name
+        if interrupted is not None and not stage.always:
+            record.stage(name, {"ok": False, "status": "not run", "note": f"the run was interrupted ({interrupted.name})",
+                                "seconds": 0.0})
+            continue
+        if deadline is not None and deadline.expired() and not stage.always:
+            say(f"== {name}: skipped, the time budget ({deadline.seconds:.0f} s) is spent")
+            record.stage(name, {"ok": False, "status": "skipped",
+                                "note": f"the time budget ({deadline.seconds:.0f} s) was spent before it began",
+                                "seconds": 0.0})
+            continue
         say(f"== {name}")
         start = time.perf_counter()
         try:
-            result = fn()
-        except Interrupted:
-            partial = dict(record.data["stages"].get(name) or {})
-            partial.update(ok=False, status="interrupted", seconds=round(time.perf_counter() - start, 2))
-            record.data["finished"] = _now()
-            record.stage(name, partial)
-            raise
+            with _signals_held(interrupted is not None):
+                result = stage.run()
+        except Interrupted as exc:
+            interrupted = exc
+            say(f"  stage {name} interrupted ({exc.name}): writing what it has, then the summary")
+            result = dict(record.data["stages"].get(name) or {})
+            result.update(ok=False, status="interrupted")
         except Exception as exc:  # noqa: BLE001 - a failing stage must not lose the others
             say(f"  stage {name} failed: {type(exc).__name__}: {exc}")
             result = {"ok": False, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:1000],
@@ -89,9 +117,27 @@ def run_stages(stages: list[tuple[str, Callable[[], dict[str, Any]]]], record: R
         result.setdefault("status", "done")
         result["seconds"] = round(time.perf_counter() - start, 2)
         record.stage(name, result)
-    record.data["complete"] = True
+    record.data["complete"] = interrupted is None and all(
+        record.data["stages"].get(stage.name, {}).get("status") == "done" for stage in stages)
     record.data["finished"] = _now()
     record.write()
+    if interrupted is not None:
+        raise interrupted
+
+
+@contextlib.contextmanager
+def _signals_held(hold: bool) -> Iterator[None]:
+    """While ``hold``: SIGTERM and SIGINT are ignored (the summary after an interruption runs to its end; it
+    takes well under a second), then the previous handlers come back."""
+    if not hold or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def environment(gpu: bool, index_check: str) -> dict[str, Any]:
@@ -132,10 +178,10 @@ class Validation:
         self.host_syncs: int | None = None
         self.env: dict[str, Any] = {}
 
-    def stages(self) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-        """(name, function) of every stage, in order."""
-        return [("environment", self.environment), ("sweep", self.sweep), ("tuning", self.tuning),
-                ("benchmark", self.benchmark), ("summary", self.summary)]
+    def stages(self) -> list[Stage]:
+        """Every stage, in order; the summary runs whatever happened before it."""
+        return [Stage("environment", self.environment), Stage("sweep", self.sweep), Stage("tuning", self.tuning),
+                Stage("benchmark", self.benchmark), Stage("summary", self.summary, always=True)]
 
     def environment(self) -> dict[str, Any]:
         self.env = environment(self.gpu, self.args.index_check)
@@ -152,9 +198,7 @@ class Validation:
 
         limit = Deadline(min(self.deadline.left(), SWEEP_SHARE * self.budget))
         result = run_sweep(self.device, self.args.quick, limit, self.say)
-        graph = next((c for c in result["checks"] if c["name"].startswith("cuda_graph")), None)
-        if graph is not None and graph["ok"] is not None:
-            self.host_syncs = 0 if graph["ok"] else 1
+        self.host_syncs = verdict.host_syncs_of(result)
         self.say(f"  {result['passed']} checks passed, {len(result['failed'])} failed, {result['skipped']} skipped")
         return result
 
@@ -190,17 +234,19 @@ class Validation:
         name = self.args.name if self.args.name is not None else (report.slug(env["gpu"]) if self.gpu else "")
         tuning.forget_choices()  # from here on, chosen_configs() is what the measured launches used
 
-        def partial(done: benchmark.Outcome, draw: bool = False, slug: str = "") -> list[str]:
-            data = benchmark.build_payload(self.command, env, method, done, self.tuned, self.host_syncs)
+        def partial(done: benchmark.Outcome, draw: bool = False, slug: str = "", complete: bool = False) -> list[str]:
+            data = benchmark.build_payload(self.command, env, method, done, self.tuned, self.host_syncs, complete)
             written = benchmark.write_reports(self.args.out, data, done.rows, slug, self.say, draw=draw)
             self.record.stage("benchmark", {**self._bench_record(data), "ok": not done.failures,
                                             "status": "running", "files": written})
             return written
 
+        complete = False
         try:
             benchmark.run(plan, timer, self.gpu, self.outcome, self.say, on_case=partial)
-        finally:
-            written = partial(self.outcome, draw=True, slug=name)
+            complete = True
+        finally:  # also when interrupted: the files say whether the run was cut short
+            written = partial(self.outcome, draw=True, slug=name, complete=complete)
         data = benchmark.build_payload(self.command, env, method, self.outcome, self.tuned, self.host_syncs)
         for line in report.config_lines(data["configs"]):
             self.say(f"  config {line}")
@@ -212,10 +258,11 @@ class Validation:
 
     def summary(self) -> dict[str, Any]:
         rows = [r.as_dict() for r in self.outcome.rows]
-        verdicts = evaluate(rows, self.gpu, self.host_syncs)
-        self.say(format_summary(verdicts))
-        counts = {s: sum(v["status"] == s for v in verdicts) for s in ("met", "missed", "not measured")}
-        return {"ok": True, "targets": verdicts, **counts}
+        result = verdict.stage_record(rows, self.gpu, self.host_syncs, self.record.data["stages"])
+        self.say(format_summary(result["targets"]))
+        if result["stages_not_done"]:
+            self.say(f"  (stages not done: {', '.join(result['stages_not_done'])}: the verdict covers what ran)")
+        return result
 
 
 def run_validate(args: argparse.Namespace, argv: list[str], gpu: bool, say: Say = print) -> int:
@@ -233,7 +280,7 @@ def run_validate(args: argparse.Namespace, argv: list[str], gpu: bool, say: Say 
     index_mode = triton_embed.index_check_mode()
     validation = Validation(args, argv, gpu, out)
     try:
-        run_stages(validation.stages(), validation.record, out)
+        run_stages(validation.stages(), validation.record, out, validation.deadline)
     finally:
         triton_embed.set_index_check(index_mode)
         if autotune is None:
