@@ -153,6 +153,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help=f"stop starting cases when this many seconds have passed (default: none; "
                    f"{VALIDATE_BUDGET_S:.0f} with --validate)")
+    p.add_argument("--plan", action="store_true",
+                   help="with --validate: print, as JSON, what the run would do on an H100 (stages, their cases "
+                   "and checks, the kernel specializations each compiles, estimated seconds) and whether it fits "
+                   "its --time-budget, computed here without running a kernel; exit 1 when it does not fit")
     p.add_argument("--validate", action="store_true",
                    help="environment, correctness sweep, tuning, benchmark at the LM shapes and the "
                    "performance-target summary, into --out (validate.json written stage by stage); exit 1 on any "
@@ -205,7 +209,11 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
         given = [f"--{name.strip('_').replace('_', '-')}" for name in _VALIDATE_EXCLUDES if getattr(args, name)]
         if given:
             cli.error(f"--validate runs its own shapes and checks: {' '.join(given)} cannot go with it")
+    if args.plan and not args.validate:
+        cli.error("--plan goes with --validate (it plans that run)")
     args.pass_ = args.pass_ or "both"
+    if args.plan or mode == "plan":
+        return _plan(args)
     if not args.tune_only:
         problem = check_out_dir(args.out)
         if problem:
@@ -239,6 +247,20 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
         restore()
         torch.set_num_threads(threads)
         triton_embed.set_backend(backend)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Print the plan of ``--validate`` on an H100 as strict JSON (progress on stderr); 1 when it does not fit."""
+    from . import plan
+
+    data = plan.build(args, lambda text: print(text, file=sys.stderr, flush=True))
+    sys.stdout.write(report.json_text(data))
+    sys.stdout.flush()
+    verdict = "fits" if data["fits"] and data["device_run"]["fits"] else "DOES NOT FIT"
+    print(f"plan: {data['estimated_seconds']:.0f} s of {data['budget_seconds']:.0f} s for --validate; the device "
+          f"run {data['device_run']['estimated_seconds']:.0f} s of {data['device_run']['budget_seconds']:.0f} s: "
+          f"{verdict}", file=sys.stderr)
+    return 0 if data["fits"] and data["device_run"]["fits"] else 1
 
 
 def default_peers(args: argparse.Namespace, gpu: bool, validate: bool = False) -> list[str]:

@@ -37,6 +37,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 # --- the CLI end to end -------------------------------------------------------------------------------------
 
+@pytest.mark.host_only
 def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # Peers: the reference path only (no torch.compile warm-up, no multi-second bitsandbytes import).
@@ -100,6 +101,7 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     assert (out / "plot.png").exists() == matplotlib_available()
 
 
+@pytest.mark.host_only
 def test_cli_exits_1_when_a_kernel_disagrees(monkeypatch, tmp_path: Path, capsys) -> None:
     """A wrong kernel result is a failure: the process exits 1 (run in-process, the interpreter is on)."""
     if HAS_CUDA:

@@ -61,6 +61,7 @@ def test_a_writable_out_folder_is_created_and_left_clean(tmp_path: Path):
 
 
 @pytest.mark.parametrize("argv", [["--vocab", "10000000000000", "--dim", "4096"], ["--quick", "--dim", "99999"]])
+@pytest.mark.host_only
 def test_shapes_too_large_for_the_interpreter_exit_2_before_any_work(argv, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setattr(benchmark, "run_case", lambda *a, **k: pytest.fail("work started"))
     assert cli.main([*argv, "--out", str(tmp_path)], mode="interpreter") == 2
@@ -86,6 +87,7 @@ def test_zipf_ids_for_vocabularies_beyond_multinomials_limit():
     assert torch.unique(ids).numel() < 4096  # Zipf: the hot ranks repeat
 
 
+@pytest.mark.host_only
 def test_a_reference_backend_setting_does_not_hide_the_kernels(tmp_path: Path, monkeypatch, capsys):
     """TRITON_EMBED_BACKEND=reference would compare the reference path with itself: the bench runs the
     kernels anyway, says so, and restores the setting afterwards."""
@@ -103,6 +105,7 @@ def test_a_reference_backend_setting_does_not_hide_the_kernels(tmp_path: Path, m
     assert "runs with 'auto'" in capsys.readouterr().out
 
 
+@pytest.mark.host_only
 def test_no_check_claims_nothing(tmp_path: Path, capsys):
     import json
 
@@ -114,6 +117,7 @@ def test_no_check_claims_nothing(tmp_path: Path, capsys):
         (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.host_only
 def test_ctrl_c_keeps_the_cases_done_marked_incomplete(tmp_path: Path, capsys, monkeypatch):
     """SIGINT (Ctrl-C) as SIGTERM: a clean message, exit 130, and results that say they are partial."""
     import json
@@ -144,6 +148,7 @@ def _strict_load(path: Path):
     return json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f"{path.name}: non-JSON token {token}"))
 
 
+@pytest.mark.host_only
 def test_every_json_file_is_strict_even_with_non_finite_figures(tmp_path: Path, monkeypatch):
     """NaN and infinity (an error that is NaN, an unmeasurable bandwidth) are written as strings, never as the
     bare tokens NaN / Infinity that strict JSON readers refuse."""

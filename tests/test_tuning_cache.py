@@ -127,3 +127,16 @@ def test_the_cache_file_is_strict_json(tmp_path):
     path = tuning.write_cache({"gather|float32|768|8192": tuning.CONFIGS["gather"][1]}, tag="gpu", path=tmp_path / "t.json")
     data = json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
     assert data == {"version": 1, "devices": {"gpu": {"gather|float32|768|8192": tuning.CONFIGS["gather"][1]}}}
+
+
+def test_runtime_tuning_is_opt_in(compiled_mode, monkeypatch):
+    """A key missing from the cache runs its default config unless TRITON_EMBED_AUTOTUNE=1: tuning at first
+    use would stall a training step for seconds (bench/tuning_cost.py measures it)."""
+    monkeypatch.delenv("TRITON_EMBED_AUTOTUNE", raising=False)
+    timed = []
+    monkeypatch.setattr(tuning, "_fastest", lambda kernel, configs, bench: timed.append(kernel) or configs[1])
+    assert tuning.choose("gather", torch.float32, 768, 8192, bench=lambda c: None) == tuning.CONFIGS["gather"][0]
+    assert timed == [] and tuning.config_sources()[tuning.tuning_key("gather", torch.float32, 768, 8192)] == "default"
+    monkeypatch.setenv("TRITON_EMBED_AUTOTUNE", "1")
+    assert tuning.choose("gather", torch.float32, 768, 16384, bench=lambda c: None) == tuning.CONFIGS["gather"][1]
+    assert timed == ["gather"]

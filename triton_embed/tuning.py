@@ -265,8 +265,18 @@ def valid_config(kernel: str, config: Any) -> bool:
 
 
 def autotune_enabled() -> bool:
-    """Runtime tuning of keys missing from the cache; ``TRITON_EMBED_AUTOTUNE=0`` uses the defaults."""
-    return os.environ.get("TRITON_EMBED_AUTOTUNE", "1") not in ("0", "false", "False")
+    """Runtime tuning of keys missing from the cache, opted into with ``TRITON_EMBED_AUTOTUNE=1``.
+
+    Off by default: a key missing from the cache runs its shape-based default config (the first of its list),
+    and ``python -m triton_embed.bench`` fills the cache ahead of training. Tuning at first use would time
+    every config of each kernel a step launches (16 for a bfloat16 StableEmbedding step, each compiled first)
+    on the first step of every new power-of-two token bucket: a stall of seconds mid-training, different on
+    each rank when batch sizes vary (``python -m triton_embed.bench.tuning_cost`` measures it).
+
+    >>> autotune_enabled() in (True, False)
+    True
+    """
+    return os.environ.get("TRITON_EMBED_AUTOTUNE", "0") not in ("0", "", "false", "False")
 
 
 def chosen_configs() -> dict[str, Config]:
@@ -308,9 +318,10 @@ def choose(
     rows: int | None = None,
     variant: str = "",
 ) -> Config:
-    """The config for one launch: in-process choice, else the cache file, else tuned with ``bench``
-    (which runs the kernel once with the given config; it may rewrite the launch's own outputs), else the
-    default. Never tunes while a CUDA graph is being captured (timing would break the capture)."""
+    """The config for one launch: in-process choice, else the cache file, else (with runtime tuning opted
+    into, :func:`autotune_enabled`, or forced) tuned with ``bench`` (which runs the kernel once with the
+    given config; it may rewrite the launch's own outputs), else the default. Never tunes while a CUDA
+    graph is being captured (timing would break the capture)."""
     if interpreter_enabled():
         return INTERPRETER_CONFIGS[kernel]
     force_tune = force_tune or _forced["on"]
