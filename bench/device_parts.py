@@ -36,7 +36,7 @@ NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")
 BUDGET_S = {"gpu": 480.0, "cpu": 420.0}
 LOG = "device-run.log"
 RECORD = "device-run.json"
-#: Test files run first on a GPU (what only a GPU shows); every other test file follows.
+#: Test files run first on a GPU (what only a GPU shows); every other test file follows, by name.
 GPU_FIRST = ("test_cuda_graphs.py", "test_out_of_range.py", "test_host_syncs.py", "test_config_independence.py",
              "test_embedding_properties.py", "test_stable_embedding.py", "test_layer_norm.py", "test_numerics.py",
              "test_embedding_autograd.py", "test_quantized_kernels.py", "test_parallel.py")
@@ -132,8 +132,9 @@ def tests_argv(ctx: Context, limit: float) -> list[str]:
     """pytest natively on the GPU: every test but the property sweep and the host-only ones, no ``-x``, one
     line per test; in parallel workers (compiles dominate) and a per-test limit where the plugins are there."""
     tests = REPO / "tests"
-    if ctx.mode == "gpu":
-        files = [str(tests / name) for name in GPU_FIRST] + [str(tests)]
+    if ctx.mode == "gpu":  # every test file, named one by one: pytest keeps that order (a folder it would sort)
+        rest = sorted(p.name for p in tests.glob("test_*.py") if p.name not in GPU_FIRST)
+        files = [str(tests / name) for name in (*GPU_FIRST, *rest)]
     else:
         files = [str(tests / name) for name in CPU_TESTS]
     argv = [ctx.python, "-m", "pytest", "-p", "no:cacheprovider", "-m", TEST_SELECTION, "-v", "-rfEs",

@@ -103,16 +103,21 @@ def run_part(part: parts.Part, ctx: parts.Context, limit: float, env: dict[str, 
     return result
 
 
+#: Seconds kept back per later part beyond its floor: a part killed at its limit ends a little after it.
+SLACK_S = 2.0
+
+
 def limit_for(index: int, todo: Sequence[parts.Part], mode: str, left: float) -> float:
-    """A part's limit: its own, within what is left once the later parts' floors are kept back.
+    """A part's limit: its own, within what is left once the later parts' floors (and a little slack each)
+    are kept back.
 
     >>> demo = [parts.Part("a", lambda c, l: [], {"gpu": 100.0}, floor_s=10.0),
     ...         parts.Part("b", lambda c, l: [], {"gpu": 50.0}, floor_s=30.0)]
     >>> limit_for(0, demo, "gpu", 200.0), limit_for(0, demo, "gpu", 90.0)
-    (100.0, 60.0)
+    (100.0, 58.0)
     """
-    later = sum(p.floor_s for p in todo[index + 1:])
-    return min(todo[index].limit_s[mode], left - later)
+    later = todo[index + 1:]
+    return min(todo[index].limit_s[mode], left - sum(p.floor_s + SLACK_S for p in later))
 
 
 def file_problems(out: Path) -> list[str]:

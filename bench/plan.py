@@ -8,7 +8,8 @@ first. (``--validate``'s compile stage compiles that same list ahead, in paralle
 :func:`schedule` replays the stages on a simulated clock with the run's own limits: the compile stage's
 share, the sweep's and tuning's shares, and the benchmark's loop itself (``benchmark.run``: cases
 skipped and torch.compile peers left out as the real run decides). A specialization costs the compile
-time of a ``triton.compile`` for sm_90a measured here, now (its share of the compile workers ahead of the
+time of a ``triton.compile`` for sm_90a measured here, now, in CPU seconds (a shared machine's load does
+not stretch them) (its share of the compile workers ahead of the
 run, or whole at its first launch when the compile stage could not hold it); what only the GPU knows
 (how long its ops take) comes from :data:`GPU_SECONDS`, stated assumptions. The JSON lists each stage
 (its cases or checks, the specializations it brings, its estimated seconds), ``estimated_seconds``,
@@ -20,7 +21,6 @@ import argparse
 import contextlib
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -68,9 +68,12 @@ class TracedRun:
     """Pass one: the trace and each step's record, in the run's order."""
 
     trace: trace.Trace
+    #: The device error record's one-time probe launch (on CUDA, at a process's first triton_embed call).
+    probe: Step = field(default_factory=Step)
     checks: list[tuple[str, Step]] = field(default_factory=list)
     keys: list[tuple[cases.Case, Step]] = field(default_factory=list)
     cases: dict[cases.Case, Step] = field(default_factory=dict)
+    #: CPU seconds the trace took (the GPU machine's run spends about as long on it, on one core).
     seconds: float = 0.0
 
 
@@ -116,11 +119,14 @@ def _no_comparison(*args: Any, **kwargs: Any) -> tuple[float, float, str]:
 def trace_run(todo: list[cases.Case], quick: bool, no_tune: bool) -> TracedRun:
     """Pass one: every launch of a GPU validate run's sweep, tuning and benchmark (triton_embed's side). The
     checks' comparisons are skipped (nothing was computed) and the inputs left unfilled (nothing reads them)."""
-    start = time.perf_counter()
+    start = trace.cpu_seconds()
     run = TracedRun(trace.Trace())
     mode = triton_embed.index_check_mode()
     with trace.gpu_launches(run.trace), _patched(sweep, compare=_no_comparison), \
             _patched(sweep_special, compare=_no_comparison):
+        from triton_embed.kernels.errors import error_probe_kernel
+
+        run.probe = _step(run.trace, lambda: error_probe_kernel[(1,)](torch.zeros(4, dtype=torch.int64)))
         triton_embed.set_index_check("deferred")  # as the sweep runs (its outputs poisoned: here, unwritten)
         try:
             for name, fn in sweep.checks(CPU, quick, True, []):
@@ -143,7 +149,7 @@ def trace_run(todo: list[cases.Case], quick: bool, no_tune: bool) -> TracedRun:
             inputs = _inputs(small)
             ours = impls.select(case.op, [])[0][0]
             run.cases[case] = _step(run.trace, lambda: _forward_backward(small, ours.build(small, inputs), inputs))
-    run.seconds = time.perf_counter() - start
+    run.seconds = trace.cpu_seconds() - start
     return run
 
 
