@@ -215,7 +215,8 @@ def _compile_stage(sched: Schedule, share: float, trace_cpu_s: float) -> dict[st
 
 
 def _sweep_stage(sched: Schedule, share: float) -> dict[str, Any]:
-    start, ran, skipped, steps = sched.clock(), [], [], []
+    start, ran, skipped, steps = sched.clock(), [], [], [sched.run.probe]  # the first call probes the record
+    sched.charge(sched.run.probe, 0.0)
     limit = Deadline(min(sched.deadline.left(), share * sched.budget), clock=sched.clock)
     for name, step in sched.run.checks:
         if limit.expired():
