@@ -154,9 +154,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"stop starting cases when this many seconds have passed (default: none; "
                    f"{VALIDATE_BUDGET_S:.0f} with --validate)")
     p.add_argument("--plan", action="store_true",
-                   help="with --validate: print, as JSON, what the run would do on an H100 (stages, their cases "
-                   "and checks, the kernel specializations each compiles, estimated seconds) and whether it fits "
-                   "its --time-budget, computed here without running a kernel; exit 1 when it does not fit")
+                   help="with --validate: print, as JSON, what the one GPU command's --validate would do on an H100 "
+                   "(stages, their cases and checks, the kernel specializations each compiles, estimated seconds) "
+                   "and whether it fits its time budget, computed here without running a kernel; exit 1 when it "
+                   "does not fit (--time-budget and --rounds replace the command's)")
     p.add_argument("--validate", action="store_true",
                    help="environment, correctness sweep, tuning, benchmark at the LM shapes and the "
                    "performance-target summary, into --out (validate.json written stage by stage); exit 1 on any "
@@ -250,9 +251,14 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    """Print the plan of ``--validate`` on an H100 as strict JSON (progress on stderr); 1 when it does not fit."""
-    from . import plan
+    """Print the plan of ``--validate`` on an H100 as strict JSON (progress on stderr); 1 when it does not fit.
+    It plans the run as the one GPU command makes it (``device_parts``: its options and time budget);
+    --time-budget and --rounds given here replace theirs."""
+    from . import device_parts, plan
 
+    part = next(p for p in device_parts.PARTS if p.name == "validate")
+    args.time_budget = args.time_budget or device_parts.validate_budget(part.limit_s["gpu"])
+    args.no_tune = args.no_tune or "--no-tune" in device_parts.VALIDATE_OPTIONS
     data = plan.build(args, lambda text: print(text, file=sys.stderr, flush=True))
     sys.stdout.write(report.json_text(data))
     sys.stdout.flush()

@@ -80,9 +80,10 @@ def _has(module: str) -> bool:
 
 
 def install_argv(ctx: Context, limit: float) -> list[str]:
-    """pip install of this checkout, editable, with nothing else fetched or built in isolation."""
-    return [ctx.python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-            "--disable-pip-version-check", "-e", str(REPO)]
+    """pip install of this checkout, editable, with nothing else fetched or built in isolation (where the
+    build backend, setuptools, is not installed, as in a bare venv of Python 3.12, pip fetches it)."""
+    offline = ["--no-build-isolation", "--no-index"] if _has("setuptools") else []
+    return [ctx.python, "-m", "pip", "install", "--no-deps", *offline, "--disable-pip-version-check", "-e", str(REPO)]
 
 
 ENVIRONMENT_SCRIPT = r"""
@@ -168,10 +169,19 @@ VALIDATE_OPTIONS = ("--no-tune",)
 VALIDATE_RESERVE_S = 25.0
 
 
+def validate_budget(limit: float) -> float:
+    """--validate's --time-budget within its part's ``limit``.
+
+    >>> validate_budget(250.0)
+    225.0
+    """
+    return max(30.0, limit - VALIDATE_RESERVE_S)
+
+
 def validate_argv(ctx: Context, limit: float) -> list[str]:
     """``--validate`` into the scratch folder, its time budget what the part's limit leaves; on the CPU, the
     ``--quick`` rehearsal."""
-    budget = max(30.0, limit - VALIDATE_RESERVE_S)
+    budget = validate_budget(limit)
     argv = [ctx.python, "-m", "triton_embed.bench", "--validate", "--out", str(ctx.work / "validate"),
             "--name", "", "--time-budget", f"{budget:.0f}", *VALIDATE_OPTIONS]
     return argv + (["--quick"] if ctx.mode == "cpu" else [])

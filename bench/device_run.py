@@ -47,6 +47,7 @@ def _now() -> str:
 def write_record(out: Path, record: dict[str, Any]) -> None:
     """device-run.json, strict JSON, replaced atomically."""
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".device-run-")
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(record, indent=1, allow_nan=False, default=str) + "\n")
     os.replace(tmp, out / parts.RECORD)
@@ -141,7 +142,7 @@ def run(out: Path, todo: Sequence[parts.Part] = parts.PARTS, mode: str | None = 
     clock_end = time.monotonic() + budget
     ctx = parts.Context(out=out, work=Path(tempfile.mkdtemp(prefix="triton-embed-device-run-")), mode=mode)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_EMBED_BENCH_REEXEC"}
-    env.update(PYTHONUNBUFFERED="1", TRITON_EMBED_CACHE_DIR=str(ctx.work / "tuning-cache"), PIP_NO_INDEX="1")
+    env.update(PYTHONUNBUFFERED="1", TRITON_EMBED_CACHE_DIR=str(ctx.work / "tuning-cache"))
     record: dict[str, Any] = {"schema": SCHEMA, "command": shlex.join([sys.executable, *sys.argv]), "started": _now(),
                               "finished": None, "mode": mode, "budget_s": budget, "environment": {}, "parts": [],
                               "complete": False, "files": [], "file_problems": []}

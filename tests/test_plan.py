@@ -45,10 +45,11 @@ def _device_validate_argv(tmp_path: Path) -> list[str]:
 def test_the_device_runs_validate_fits_its_budget(tmp_path: Path) -> None:
     """The plan CI checks: what the one GPU command's --validate would do on an H100, estimated on this CPU,
     fits its time budget with nothing skipped but the peers it names, and the whole command fits its own."""
-    argv = [sys.executable, "-m", "triton_embed.bench", *_device_validate_argv(tmp_path), "--plan"]
+    argv = [sys.executable, "-m", "triton_embed.bench", "--validate", "--plan"]  # as the README and CI run it
     proc = subprocess.run(argv, env=_compiled_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _strict(proc.stdout)
+    assert data["budget_seconds"] == float(_device_validate_argv(tmp_path)[2])  # the device run's --time-budget
     assert [s["name"] for s in data["stages"]] == list(validate.STAGES)
     assert all(s["estimated_seconds"] >= 0 for s in data["stages"])
     assert data["estimated_seconds"] == pytest.approx(sum(s["estimated_seconds"] for s in data["stages"]), abs=0.5)
