@@ -28,10 +28,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-try:
+if __package__:
     from . import device_parts as parts
-except ImportError:  # run as a script, before the package is installed
-    import device_parts as parts  # type: ignore[no-redef]
+else:  # run as a script, before the package is installed: its sibling file, loaded by path
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("device_parts", Path(__file__).with_name("device_parts.py"))
+    parts = importlib.util.module_from_spec(_spec)
+    sys.modules["device_parts"] = parts  # dataclasses resolve the module by name
+    _spec.loader.exec_module(parts)
 
 SCHEMA = "triton_embed.device_run/1"
 
