@@ -52,17 +52,20 @@ def compile_all(launches: list[Launch], deadline: Deadline, say: Callable[[str],
     done: list[tuple[str, float, str | None]] = []
     pending = 0
     context = multiprocessing.get_context("spawn")  # a CUDA parent must not fork
-    with concurrent.futures.ProcessPoolExecutor(count, mp_context=context) as pool:
-        futures = [pool.submit(warm, launch) for launch in launches]
-        try:
-            for future in concurrent.futures.as_completed(futures, timeout=max(deadline.left(), 0.0)):
-                done.append(future.result())
-        except concurrent.futures.TimeoutError:
-            pending = sum(not f.done() for f in futures)
-            say(f"  compile: stopped at its time limit with {pending} specializations left (compiled at first use)")
-        finally:
-            for future in futures:
-                future.cancel()
+    pool = concurrent.futures.ProcessPoolExecutor(count, mp_context=context)
+    futures = [pool.submit(warm, launch) for launch in launches]
+    left = deadline.left()
+    try:
+        for future in concurrent.futures.as_completed(futures, timeout=max(left, 0.0) if left < 1e9 else None):
+            done.append(future.result())
+    except concurrent.futures.TimeoutError:
+        pending = sum(not f.done() for f in futures)
+        say(f"  compile: stopped at its time limit with {pending} specializations left (compiled at first use)")
+    finally:  # nothing waits for a compile still running: its worker is ended
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            if process.is_alive() and pending:
+                process.terminate()
     failed = [f"{kernel}: {error}" for kernel, _, error in done if error]
     seconds = time.perf_counter() - start
     say(f"  compiled {len(done) - len(failed)} specializations in {seconds:.1f} s on {count} workers"

@@ -232,3 +232,26 @@ sys.exit(1 if new else 0)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_compile_ahead_stops_at_its_deadline_and_its_failure_fails_nothing(tmp_path: Path, monkeypatch) -> None:
+    import concurrent.futures
+    import time as clock
+
+    class Threads(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, count, mp_context=None):
+            super().__init__(count)
+
+    monkeypatch.setattr(compile_ahead.concurrent.futures, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(compile_ahead, "warm", lambda launch: (clock.sleep(0.3), (launch.kernel, 0.3, None))[1])
+    slow = [trace.Launch("m", f"k{n}", (), ()) for n in range(8)]
+    record = compile_ahead.compile_all(slow, Deadline(0.5), lambda text: None, count=1)
+    assert 0 < record["compiled"] < 8 and record["left"] > 0
+
+    from triton_embed.bench import cli
+
+    args = cli.parser().parse_args(["--validate", "--out", str(tmp_path), "--time-budget", "100"])
+    validation = validate.Validation(args, [], True, lambda text: None)
+    monkeypatch.setattr(plan, "trace_run", lambda *a: (_ for _ in ()).throw(RuntimeError("no driver")))
+    result = validation.compile()
+    assert result["ok"] is True and "no driver" in result["error"]
