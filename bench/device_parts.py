@@ -242,5 +242,5 @@ PARTS = (
     Part("native-tests", tests_argv, {"gpu": 120.0, "cpu": 90.0}, floor_s=30.0, stop=signal.SIGINT,
          output="native-tests.txt", after=read_tests),
     Part("validate", validate_argv, {"gpu": 250.0, "cpu": 150.0}, floor_s=60.0, grace_s=20.0, after=read_validate),
-    Part("tuning-cost", tuning_cost_argv, {"gpu": 45.0, "cpu": 60.0}, floor_s=15.0, after=read_tuning_cost),
+    Part("tuning-cost", tuning_cost_argv, {"gpu": 60.0, "cpu": 60.0}, floor_s=15.0, after=read_tuning_cost),
 )

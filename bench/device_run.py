@@ -49,12 +49,29 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def strict(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings (strict JSON has no token for them).
+
+    >>> strict({"s": [float("nan"), 1.5, float("-inf")]})
+    {'s': ['nan', 1.5, '-inf']}
+    """
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    return value
+
+
 def write_record(out: Path, record: dict[str, Any]) -> None:
     """device-run.json, strict JSON, replaced atomically."""
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".device-run-")
     os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record, indent=1, allow_nan=False, default=str) + "\n")
+        f.write(json.dumps(strict(record), indent=1, allow_nan=False, default=str) + "\n")
     os.replace(tmp, out / parts.RECORD)
 
 

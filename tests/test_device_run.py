@@ -184,3 +184,29 @@ def test_multi_gpu_tests_skip_with_the_reason_on_a_one_gpu_machine(monkeypatch) 
     conftest.pytest_collection_modifyitems(None, items)
     assert "needs 2 CUDA GPUs" in items[0].markers[0].kwargs["reason"] and "has 1" in items[0].markers[0].kwargs["reason"]
     assert items[1].markers == []
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "-5", "0", "1e9", "ten"])
+def test_a_bad_budget_is_refused_before_any_work(tmp_path: Path, budget: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        device_run.main([str(tmp_path / "out"), "--budget", budget])
+    assert exit_info.value.code == 2 and "--budget" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_record_is_strict_json_whatever_a_part_reports(tmp_path: Path) -> None:
+    def odd(ctx, result):
+        result["summary"] = {"steady_ms": float("nan"), "ratio": float("inf")}
+
+    todo = [device_parts.Part("odd", _python("pass"), {"cpu": 10.0}, floor_s=1.0, after=odd)]
+    device_run.run(tmp_path, todo, mode="cpu", budget=30, say=lambda text: None)
+    assert _strict(tmp_path / "device-run.json")["parts"][0]["summary"] == {"steady_ms": "nan", "ratio": "inf"}
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0", "-1"])
+def test_the_tuning_cost_budget_is_refused_before_any_work(budget: str, capsys) -> None:
+    from triton_embed.bench import tuning_cost
+
+    with pytest.raises(SystemExit) as exit_info:
+        tuning_cost.main(["--time-budget", budget])
+    assert exit_info.value.code == 2 and "--time-budget" in capsys.readouterr().err
