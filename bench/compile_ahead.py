@@ -2,7 +2,7 @@
 
 A first launch of each kernel specialization compiles it (Triton's front end, LLVM, ptxas): about half a
 second each, one after another in the process that launches. A validate run launches a hundred or more,
-so before its other stages it traces them all on the CPU (``plan.trace_run``: the code those stages run,
+so before its other stages it traces them all on the CPU (``run_trace.trace_run``: the code those stages run,
 every launch recorded instead of run) and compiles each in a pool of worker processes with
 ``JITFunction.warmup`` (which compiles for dtype stand-ins of the tensors, as a real launch specializes
 them), into Triton's on-disk cache; the stages' own first launches then load them from there.

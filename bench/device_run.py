@@ -203,6 +203,8 @@ def run(out: Path, todo: Sequence[parts.Part] = parts.PARTS, mode: str | None = 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         record["finished"] = _now()
+        for leftover in out.glob(".device-run-*"):  # a write cut short by the signal
+            leftover.unlink(missing_ok=True)
         record["files"] = sorted(p.name for p in out.iterdir() if not p.name.startswith(".device-run-"))
         record["file_problems"] = file_problems(out)
         write_record(out, record)

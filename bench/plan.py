@@ -1,34 +1,31 @@
 """``python -m triton_embed.bench --validate --plan``: what ``--validate`` would do on an H100, computed here on
 the CPU without running a kernel, and whether it fits its time budget.
 
-Two passes. :func:`trace_run` walks the code the GPU run's stages run, with GPU-mode case selection
-(``cases.validate_cases``), the sweep's checks, every tuning key, triton_embed on every benchmark case,
-every kernel launch traced (``trace``): what each step launches and which specializations it compiles
-first. (``--validate``'s compile stage compiles that same list ahead, in parallel.) Then
-:func:`schedule` replays the stages on a simulated clock with the run's own limits: the compile stage's
-share, the sweep's and tuning's shares, and the benchmark's loop itself (``benchmark.run``: cases
+Two passes. ``run_trace.trace_run`` walks the code the GPU run's stages run, with GPU-mode case selection
+(``cases.validate_cases``), every kernel launch traced: what each step launches and which specializations
+it is the first to launch (``--validate``'s compile stage compiles that same list ahead, in parallel).
+Then :func:`schedule` replays the stages on a simulated clock with the run's own limits: the compile
+stage's share, the sweep's and tuning's shares, and the benchmark's loop itself (``benchmark.run``: cases
 skipped and torch.compile peers left out as the real run decides). A specialization costs the compile
 time of a ``triton.compile`` for sm_90a measured here, now, in CPU seconds (a shared machine's load does
-not stretch them) (its share of the compile workers ahead of the
-run, or whole at its first launch when the compile stage could not hold it); what only the GPU knows
-(how long its ops take) comes from :data:`GPU_SECONDS`, stated assumptions. The JSON lists each stage
-(its cases or checks, the specializations it brings, its estimated seconds), ``estimated_seconds``,
-``budget_seconds``, ``fits``, and the device command's parts (``device_parts``) against its budget.
+not stretch them): its share of the compile workers ahead of the run, or all of it at its first launch
+when the compile stage could not hold it. What only the GPU knows (how long its ops take) comes from
+:data:`GPU_SECONDS`, stated assumptions. The JSON lists each stage (its cases or checks, the
+specializations it brings, its estimated seconds), ``estimated_seconds``, ``budget_seconds``, ``fits``,
+and the device command's parts (``device_parts``) against their own budget.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
-import triton_embed
-
-from . import benchmark, cases, compile_ahead, device_parts, impls, runner, sweep, sweep_special, trace, tune
+from . import benchmark, cases, compile_ahead, device_parts, impls, runner, trace
+from .run_trace import Step, TracedRun, patched, trace_run
 from .runner import PASSES
 from .timing import Deadline, Timer
 
@@ -51,106 +48,6 @@ GPU_SECONDS = {
 COMPILE_SAMPLES = ("gather_rows_kernel", "embedding_bwd_rows_kernel", "stable_embedding_fwd_kernel",
                    "layer_norm_bwd_kernel")
 CPU = torch.device("cpu")
-
-
-@dataclass
-class Step:
-    """What one step (a sweep check, a tuning key, a benchmark case) launches: the indices of the
-    specializations it is the first to launch, the configs it times, its launches."""
-
-    specs: list[int] = field(default_factory=list)
-    configs_timed: int = 0
-    launches: int = 0
-
-
-@dataclass
-class TracedRun:
-    """Pass one: the trace and each step's record, in the run's order."""
-
-    trace: trace.Trace
-    #: The device error record's one-time probe launch (on CUDA, at a process's first triton_embed call).
-    probe: Step = field(default_factory=Step)
-    checks: list[tuple[str, Step]] = field(default_factory=list)
-    keys: list[tuple[cases.Case, Step]] = field(default_factory=list)
-    cases: dict[cases.Case, Step] = field(default_factory=dict)
-    #: CPU seconds the trace took (the GPU machine's run spends about as long on it, on one core).
-    seconds: float = 0.0
-
-
-def _stand_in(case: cases.Case) -> cases.Case:
-    return cases.Case(case.op, trace.stand_in(case.vocab), case.dim, trace.stand_in(case.tokens), case.dist,
-                      case.dtype)
-
-
-def _step(traced: trace.Trace, fn: Callable[[], Any]) -> Step:
-    """Run ``fn`` traced; what it launched. Unwritten outputs make checks fail: the launches are what counts."""
-    launches, first, timed = traced.launches, len(traced.specs), traced.timed
-    try:
-        fn()
-    except Exception:  # noqa: BLE001
-        pass
-    return Step(list(range(first, len(traced.specs))), traced.timed - timed, traced.launches - launches)
-
-
-def _inputs(case: cases.Case) -> cases.Inputs:
-    """A case's inputs for the trace: its ids as the run draws them, every other tensor left unfilled (no
-    kernel reads them: launches are recorded, not run)."""
-    ids = cases.case_ids(case) if case.op in cases.TABLE_OPS else torch.empty(0, dtype=cases.INDEX_DTYPE)
-    dtype, dim, tokens = case.torch_dtype, case.dim, case.tokens
-    if case.op not in cases.TABLE_OPS:
-        x = torch.empty(tokens, dim, dtype=dtype).requires_grad_(True)
-        return cases.Inputs(ids, torch.empty(0, dim, dtype=dtype), torch.empty(dim, dtype=dtype),
-                            torch.empty(dim, dtype=dtype), torch.empty(tokens, dim, dtype=dtype), 0, 0, x)
-    return cases.Inputs(ids, torch.empty(case.vocab, dim, dtype=dtype), torch.empty(dim), torch.empty(dim),
-                        torch.empty(tokens, dim, dtype=dtype), 0, 0)
-
-
-def _forward_backward(case: cases.Case, module: torch.nn.Module, inputs: cases.Inputs) -> None:
-    """What the benchmark launches of triton_embed for a case: its forward and (but the renorm's) backward."""
-    out = module(inputs.arg)
-    if case.op != "renorm":
-        out.backward(inputs.grad_out)
-
-
-def _no_comparison(*args: Any, **kwargs: Any) -> tuple[float, float, str]:
-    return 0.0, 0.0, ""
-
-
-def trace_run(todo: list[cases.Case], quick: bool, no_tune: bool) -> TracedRun:
-    """Pass one: every launch of a GPU validate run's sweep, tuning and benchmark (triton_embed's side). The
-    checks' comparisons are skipped (nothing was computed) and the inputs left unfilled (nothing reads them)."""
-    start = trace.cpu_seconds()
-    run = TracedRun(trace.Trace())
-    mode = triton_embed.index_check_mode()
-    with trace.gpu_launches(run.trace), _patched(sweep, compare=_no_comparison), \
-            _patched(sweep_special, compare=_no_comparison):
-        from triton_embed.kernels.errors import error_probe_kernel
-
-        run.probe = _step(run.trace, lambda: error_probe_kernel[(1,)](torch.zeros(4, dtype=torch.int64)))
-        triton_embed.set_index_check("deferred")  # as the sweep runs (its outputs poisoned: here, unwritten)
-        try:
-            for name, fn in sweep.checks(CPU, quick, True, []):
-                if name == "big_table":  # its 4.3 GB table replaced by one of the same width and row parity
-                    vocab, dim = sweep_special.BIG_GPU
-                    fn = (lambda vocab=vocab, dim=dim: sweep_special.big_table_check(CPU, (trace.stand_in(vocab), dim)))
-                if name.startswith("cuda_graph"):  # its step eagerly: the capture needs CUDA, the launches do not
-                    fn = (lambda: sweep_special.training_step(CPU))
-                run.checks.append((name, _step(run.trace, fn)))
-        finally:
-            triton_embed.set_index_check(mode)
-        if not no_tune:
-            tuner = tune.Tuner()
-            for case in todo:
-                if tuner.needed(case):
-                    inputs = _inputs(_stand_in(case))
-                    run.keys.append((case, _step(run.trace, lambda case=case: tuner.tune(case, inputs))))
-        for case in todo:
-            small = _stand_in(case)
-            inputs = _inputs(small)
-            ours = impls.select(case.op, [])[0][0]
-            run.cases[case] = _step(run.trace, lambda: _forward_backward(small, ours.build(small, inputs), inputs))
-    run.seconds = trace.cpu_seconds() - start
-    return run
 
 
 class Clock:
@@ -267,22 +164,12 @@ def _benchmark_stage(sched: Schedule, todo: list[cases.Case], compile_cases: lis
     plan = benchmark.Plan(todo, PASSES["both"], peers, compile_cases=compile_cases, rounds=rounds,
                           deadline=sched.deadline, reserve_s=20.0)
     outcome = benchmark.Outcome()
-    with _patched(benchmark, run_case=simulated_case, copy_bandwidth=copy):
+    with patched(benchmark, run_case=simulated_case, copy_bandwidth=copy):
         benchmark.run(plan, Timer(CPU, profile="validate"), True, outcome, lambda text: None)
     return sched.stage("benchmark", start, steps, cases=measured, skipped=outcome.skipped, notes=outcome.notes,
                        peers=peers, rounds=rounds)
 
 
-@contextlib.contextmanager
-def _patched(owner: Any, **values: Any) -> Iterator[None]:
-    saved = {name: getattr(owner, name) for name in values}
-    for name, value in values.items():
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(owner, name, value)
 
 
 def compile_time(run: TracedRun, say: Callable[[str], None]) -> dict[str, Any]:

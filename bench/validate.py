@@ -99,12 +99,12 @@ class Validation:
         if not self.gpu:
             return {"ok": True, "specializations": 0,
                     "notes": ["no GPU: the kernels run under the interpreter, nothing is compiled"]}
-        from . import compile_ahead, plan
+        from . import compile_ahead, run_trace
 
         limit = Deadline(min(self.deadline.left(), COMPILE_SHARE * self.budget))
         start = time.perf_counter()
         try:
-            traced = plan.trace_run(self.cases, self.args.quick, self.args.no_tune)
+            traced = run_trace.trace_run(self.cases, self.args.quick, self.args.no_tune)
             trace_s = time.perf_counter() - start
             self.say(f"  traced {len(traced.trace.specs)} kernel specializations of the stages below in {trace_s:.1f} s")
             return {**compile_ahead.compile_all(list(traced.trace.specs.values()), limit, self.say),

@@ -210,3 +210,14 @@ def test_the_tuning_cost_budget_is_refused_before_any_work(budget: str, capsys) 
     with pytest.raises(SystemExit) as exit_info:
         tuning_cost.main(["--time-budget", budget])
     assert exit_info.value.code == 2 and "--time-budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["arguments", "compile_ahead", "device_parts", "device_run", "plan", "report",
+                                  "run_trace", "trace", "verdict"])
+def test_the_bench_docstring_examples_run(name: str) -> None:
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"triton_embed.bench.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted > 0

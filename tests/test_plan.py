@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from triton_embed.bench import benchmark, cases, compile_ahead, device_parts, plan, trace, validate
+from triton_embed.bench import benchmark, cases, compile_ahead, device_parts, plan, run_trace, trace, validate
 from triton_embed.bench.timing import Deadline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,8 @@ def test_the_device_runs_validate_fits_its_budget(tmp_path: Path) -> None:
     """The plan CI checks: what the one GPU command's --validate would do on an H100, estimated on this CPU,
     fits its time budget with nothing skipped but the peers it names, and the whole command fits its own."""
     argv = [sys.executable, "-m", "triton_embed.bench", "--validate", "--plan"]  # as the README and CI run it
-    proc = subprocess.run(argv, env=_compiled_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    env = {**_compiled_env(tmp_path), "TRITON_INTERPRET": "1"}  # the plan leaves the interpreter (a re-exec)
+    proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _strict(proc.stdout)
     assert data["budget_seconds"] == float(_device_validate_argv(tmp_path)[2])  # the device run's --time-budget
@@ -68,13 +69,13 @@ def test_the_device_runs_validate_fits_its_budget(tmp_path: Path) -> None:
     assert "fits" in proc.stderr
 
 
-def _synthetic_run() -> plan.TracedRun:
+def _synthetic_run() -> run_trace.TracedRun:
     traced = trace.Trace()
     for n in range(40):
         traced.specs[("kernel", (n,))] = trace.Launch("m", "kernel", (), ())
     todo, _ = cases.validate_cases(True, False)
-    run = plan.TracedRun(traced, checks=[(f"check/{n}", plan.Step([n])) for n in range(20)])
-    run.cases = {case: plan.Step([20 + n % 20], 0, 4) for n, case in enumerate(todo)}
+    run = run_trace.TracedRun(traced, checks=[(f"check/{n}", run_trace.Step([n])) for n in range(20)])
+    run.cases = {case: run_trace.Step([20 + n % 20], 0, 4) for n, case in enumerate(todo)}
     return run
 
 
@@ -206,7 +207,7 @@ def test_compiled_ahead_specializations_are_the_ones_the_launches_use(tmp_path: 
 import os, pathlib, sys, torch
 os.environ["TRITON_CACHE_DIR"] = {str(tmp_path / "triton")!r}
 import triton_embed
-from triton_embed.bench import cases, compile_ahead, plan, trace
+from triton_embed.bench import cases, compile_ahead, impls, run_trace, trace
 from triton_embed.bench.timing import Deadline
 from triton_embed.kernels.errors import error_probe_kernel
 todo = [cases.Case("stable", 32000, 2048, 16384, "zipf", "bfloat16"), cases.Case("embedding", 50257, 768, 16384, "zipf", "float32")]
@@ -214,9 +215,9 @@ traced = trace.Trace()
 with trace.gpu_launches(traced):
     error_probe_kernel[(1,)](torch.zeros(4, dtype=torch.int64))
     for case in todo:
-        small = plan._stand_in(case)
-        inputs = plan._inputs(small)
-        plan._forward_backward(small, plan.impls.select(case.op, [])[0][0].build(small, inputs), inputs)
+        small = run_trace.stand_in_case(case)
+        inputs = run_trace.inputs_for(small)
+        run_trace.forward_backward(small, impls.select(case.op, [])[0][0].build(small, inputs), inputs)
 record = compile_ahead.compile_all(list(traced.specs.values()), Deadline(300), print, count=4)
 assert record["failed"] == [] and record["compiled"] == len(traced.specs) > 5, record
 def entries():
@@ -224,7 +225,7 @@ def entries():
 before = entries()
 for case in todo:
     inputs = cases.make_inputs(case, torch.device("cuda"))
-    plan._forward_backward(case, plan.impls.select(case.op, [])[0][0].build(case, inputs), inputs)
+    run_trace.forward_backward(case, impls.select(case.op, [])[0][0].build(case, inputs), inputs)
 torch.cuda.synchronize()
 new = sorted(set(entries()) - set(before))
 print("compiled at first launch after the compile stage:", len(new), "of", len(traced.specs))
@@ -252,6 +253,6 @@ def test_compile_ahead_stops_at_its_deadline_and_its_failure_fails_nothing(tmp_p
 
     args = cli.parser().parse_args(["--validate", "--out", str(tmp_path), "--time-budget", "100"])
     validation = validate.Validation(args, [], True, lambda text: None)
-    monkeypatch.setattr(plan, "trace_run", lambda *a: (_ for _ in ()).throw(RuntimeError("no driver")))
+    monkeypatch.setattr(run_trace, "trace_run", lambda *a: (_ for _ in ()).throw(RuntimeError("no driver")))
     result = validation.compile()
     assert result["ok"] is True and "no driver" in result["error"]
