@@ -126,7 +126,8 @@ class Validation:
     def tuning(self) -> dict[str, Any]:
         from .cli import tune_cases
 
-        if self.args.no_tune:
+        if self.args.no_tune:  # whatever TRITON_EMBED_AUTOTUNE says: no tuning mid-case either
+            os.environ["TRITON_EMBED_AUTOTUNE"] = "0"
             return {"ok": True, "keys": 0, "notes": ["not tuned (--no-tune): the cached or default configs run"]}
         limit = Deadline(min(self.deadline.left() - 60.0, TUNING_SHARE * self.budget))
         tuner, notes = tune_cases(self.cases, self.device, limit)

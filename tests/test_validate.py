@@ -183,3 +183,14 @@ def test_a_killed_runs_record_gets_its_summary_afterwards(tmp_path: Path) -> Non
     assert targets["embedding-forward-eager"]["value"] == "inf"
     assert data["complete"] is False and data["ok"] is False
     assert verdict.finish_file(record.path) is False  # a finished summary is left alone
+
+
+def test_no_tune_means_no_tuning_mid_case_either(tmp_path: Path, monkeypatch) -> None:
+    """--no-tune benchmarks the cached or default configs, even where TRITON_EMBED_AUTOTUNE=1 would tune at
+    first use; the setting is restored after the run."""
+    from triton_embed.bench import cli
+
+    monkeypatch.setenv("TRITON_EMBED_AUTOTUNE", "1")
+    args = cli.parser().parse_args(["--validate", "--no-tune", "--out", str(tmp_path), "--time-budget", "100"])
+    validation = validate.Validation(args, [], False, lambda text: None)
+    assert validation.tuning()["keys"] == 0 and os.environ["TRITON_EMBED_AUTOTUNE"] == "0"
