@@ -38,6 +38,7 @@ def test_four_ranks_with_an_empty_shard(tmp_path):
     _spawn(parallel_cases.four_ranks, 4, tmp_path)
 
 
+@pytest.mark.host_only
 def test_a_bad_id_changes_no_shard(tmp_path):
     _spawn(parallel_cases.out_of_range, 2, tmp_path)
 
