@@ -78,10 +78,11 @@ def _eager_embedding(
     input: Tensor, weight: Tensor, padding: int, max_norm: float | None, norm_type: float, scale_grad_by_freq: bool,
     sparse: bool, deterministic: bool,
 ) -> Tensor:
-    """The lookup in eager mode: the path chosen once, the ids checked once (on the reference path; the
-    kernels check them on the device), then the launchers or the reference ops directly (``ops/eager.py``)."""
+    """The lookup in eager mode: the path chosen once, the ids checked once (the kernels on the device; on the
+    reference path here, before a renorm or off the CPU, else by PyTorch's lookup itself), then the launchers
+    or the reference ops directly (``ops/eager.py``)."""
     kernels = use_triton(weight)
-    if not kernels:
+    if not kernels and (max_norm is not None or not check.ids_checked_by_torch(input)):
         check.check_index_bounds(input, weight.shape[0])
     if max_norm is not None:
         with torch.no_grad():
@@ -281,11 +282,12 @@ def stable_embedding(
 
 def _eager_stable_embedding(args: tuple, max_norm: float | None, norm_type: float) -> Tensor:
     """The fused op in eager mode (``args`` as the custom op takes them): the paths chosen once, the ids
-    checked once if either the renorm or the op runs the reference path, then the launchers or reference ops."""
+    checked once as in :func:`_eager_embedding` (here if the renorm or, off the CPU, the op runs the reference
+    path), then the launchers or reference ops."""
     weight, input, norm_weight, norm_bias, eps, compute_dtype = args[:6]
     kernels = use_triton(weight, norm_weight, norm_bias)
     renorm_kernels = kernels if max_norm is None else use_triton(weight)
-    if not (kernels and renorm_kernels):
+    if not renorm_kernels or (not kernels and not check.ids_checked_by_torch(input)):
         check.check_index_bounds(input, weight.shape[0])
     if max_norm is not None:
         with torch.no_grad():

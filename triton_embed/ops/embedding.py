@@ -8,7 +8,7 @@ from torch import Tensor
 from .. import errors, reference
 from ..errors import index_check_enabled
 from .._dispatch import custom_op, run_op, use_triton
-from .._validation import check_index_bounds
+from .._validation import check_index_bounds, explained, ids_checked_by_torch
 from . import embedding_backward, gather, renorm
 
 
@@ -18,22 +18,25 @@ def embedding(
 ) -> Tensor:
     """``weight[indices]``; the other arguments only shape the backward (``padding_idx=-1``: none)."""
     kernels = use_triton(weight)
-    if not kernels:
+    if not kernels and not ids_checked_by_torch(indices):
         check_index_bounds(indices, weight.shape[0])
     return lookup(weight, indices, kernels)
 
 
 def lookup(weight: Tensor, indices: Tensor, kernels: bool) -> Tensor:
     """``weight[indices]`` by the Triton kernel (``kernels``) or the reference path, as the caller chose. The
-    kernel masks bad ids and notes them in the error record; the reference path trusts that the caller has
-    checked them (``check_index_bounds``)."""
+    kernel masks bad ids and notes them in the error record; on the reference path PyTorch's CPU lookup
+    raises for them (in our words), and elsewhere the caller has checked them (``check_index_bounds``)."""
     if kernels:
         device = weight.device
         errors.before_call(device)
         out = gather.gather(weight, indices)
         errors.after_call(device)
         return out
-    return reference.gather(weight, indices)
+    try:
+        return reference.gather(weight, indices)
+    except IndexError as error:
+        raise explained(error, indices, weight.shape[0]) from None
 
 
 @embedding.register_fake

@@ -21,7 +21,7 @@ from triton_embed.kernels.stable_embedding import stable_embedding_bwd_kernel, s
 
 from .. import errors, reference, tuning
 from .._dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
-from .._validation import check_index_bounds
+from .._validation import check_index_bounds, explained, ids_checked_by_torch
 from .dtypes import accumulator_dtype, tl_dtype
 from .embedding import sparse_backward
 from .embedding_backward import accumulate_rows
@@ -114,9 +114,9 @@ def backward(
     """(weight gradient as ``mode`` says, dγ, dβ) of the fused forward, by the Triton kernels. Bitwise
     repeatable whatever ``deterministic`` says (it is accepted for the API's sake)."""
     num_rows, dim = weight.shape
-    flat = indices.reshape(-1)
+    flat = indices if indices.dim() == 1 else indices.reshape(-1)
     num_tokens = flat.numel()
-    grad_2d = grad.reshape(num_tokens, dim)
+    grad_2d = grad if grad.dim() == 2 else grad.reshape(num_tokens, dim)
     acc = accumulator_dtype(compute_dtype)
     wide = acc == torch.float64 or weight.dtype == torch.float64
     device = weight.device
@@ -190,7 +190,7 @@ def stable_embedding(
     ``padding_idx`` (-1: none), ``scale_grad_by_freq``, ``sparse`` and ``deterministic`` only shape the
     backward."""
     kernels = use_triton(weight, norm_weight, norm_bias)
-    if not kernels:
+    if not kernels and not ids_checked_by_torch(indices):
         check_index_bounds(indices, weight.shape[0])
     return fused_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype, kernels)
 
@@ -199,15 +199,18 @@ def fused_forward(
     weight: Tensor, indices: Tensor, norm_weight: Optional[Tensor], norm_bias: Optional[Tensor], eps: float,
     compute_dtype: torch.dtype, kernels: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The op's forward by the kernel (``kernels``) or the reference path, as the caller chose; the ids are
-    trusted as in :func:`triton_embed.ops.embedding.lookup`."""
+    """The op's forward by the kernel (``kernels``) or the reference path, as the caller chose; bad ids are
+    handled as in :func:`triton_embed.ops.embedding.lookup`."""
     if kernels:
         device = weight.device
         errors.before_call(device)
         result = forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
         errors.after_call(device)
         return result
-    return reference.stable_embedding_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
+    try:  # the lookup comes first: a bad id raises before anything is computed
+        return reference.stable_embedding_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
+    except IndexError as error:
+        raise explained(error, indices, weight.shape[0]) from None
 
 
 @stable_embedding.register_fake
@@ -258,8 +261,8 @@ def stable_embedding_backward(
             grad_weight = rows
         else:
             grad_weight = weight.new_empty((0, weight.shape[1]))
-    empty = weight.new_empty((0,))
-    return grad_weight, dw if dw is not None else empty, db if db is not None else empty.clone()
+    return (grad_weight, dw if dw is not None else weight.new_empty((0,)),
+            db if db is not None else weight.new_empty((0,)))
 
 
 @stable_embedding_backward.register_fake

@@ -7,6 +7,7 @@ kernel (every gradient row once, and per-chunk dγ/dβ partials), the dγ/dβ fi
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -27,6 +28,7 @@ from .tiles import row_width, runs_tile
 MAX_BLOCK_D = 4096
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every backward; row_width is not free
 def applies(weight_dtype: torch.dtype, compute_dtype: torch.dtype, dim: int) -> bool:
     """Whether this path serves a dense StableEmbedding backward: the table in the default dtype (so no
     cast rounds each token's input gradient before the sum) and a row of at most MAX_BLOCK_D columns
