@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _validation as check
-from ._dispatch import eager, run_op, use_triton
+from . import _dispatch
+from ._dispatch import eager, use_triton
 from .ops import eager as _eager
 from .ops import embedding as _embedding_ops  # (also registers triton_embed::embedding*)
 from .ops import layer_norm as _layer_norm_ops  # noqa: F401  (registers triton_embed::layer_norm*)
@@ -195,10 +196,12 @@ def layer_norm(
     b = bias.reshape(dim) if bias is not None else None
     if forward_mode_active(x, w, b):
         y, _, _ = LayerNormWithForwardAD.apply(x, w, b, float(eps))
-    elif fast and torch.is_grad_enabled() and _any_requires_grad(x, w, b):
+    elif not fast:
+        y, _, _ = torch.ops.triton_embed.layer_norm(x, w, b, float(eps))
+    elif torch.is_grad_enabled() and _any_requires_grad(x, w, b):
         y = _eager.layer_norm(x, w, b, float(eps))
     else:
-        y, _, _ = run_op("layer_norm", x, w, b, float(eps))
+        y, _, _ = _dispatch.IMPLEMENTATIONS["triton_embed::layer_norm"](x, w, b, float(eps))
     return y.view(input.shape)
 
 
@@ -286,8 +289,9 @@ def _eager_stable_embedding(args: tuple, max_norm: float | None, norm_type: floa
     path), then the launchers or reference ops."""
     weight, input, norm_weight, norm_bias, eps, compute_dtype = args[:6]
     kernels = use_triton(weight, norm_weight, norm_bias)
-    renorm_kernels = kernels if max_norm is None else use_triton(weight)
-    if not renorm_kernels or (not kernels and not check.ids_checked_by_torch(input)):
+    renorm_kernels = max_norm is not None and use_triton(weight)
+    reference_renorm = max_norm is not None and not renorm_kernels
+    if reference_renorm or (not kernels and not check.ids_checked_by_torch(input)):
         check.check_index_bounds(input, weight.shape[0])
     if max_norm is not None:
         with torch.no_grad():
