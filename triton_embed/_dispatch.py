@@ -42,7 +42,13 @@ def run_op(name: str, *args):
     """Run the custom op ``triton_embed::<name>`` on ``args`` when no gradient can flow through it; in eager
     mode (:func:`eager`) its Python body directly, without the dispatcher's schema, fake and autograd layers.
     Where a gradient can flow (``create_graph=True``, or grad mode on with a leaf that needs one), the op
-    itself, so that its registered autograd formula (or its refusal) applies."""
+    itself, so that its registered autograd formula (or its refusal) applies.
+
+    >>> import torch, triton_embed
+    >>> grad, ids = torch.ones(2, 3), torch.tensor([1, 1])
+    >>> run_op("embedding_dense_backward", grad, ids, 4, -1, False, False)[1].tolist()
+    [2.0, 2.0, 2.0]
+    """
     if not (torch.is_grad_enabled() and _needs_grad(args)) and eager(*args):
         qualified = f"triton_embed::{name}"
         result = IMPLEMENTATIONS[qualified](*args)
@@ -206,7 +212,7 @@ def fusable_layer_norm(norm: torch.nn.Module, dim: int) -> bool:
     bitsandbytes does."""
     if type(norm) is not torch.nn.LayerNorm or tuple(norm.normalized_shape) != (dim,):
         return False
-    hooks = (norm._forward_hooks, norm._forward_pre_hooks, norm._backward_hooks, norm._backward_pre_hooks,
-             nn_module._global_forward_hooks, nn_module._global_forward_pre_hooks,
-             nn_module._global_backward_hooks, nn_module._global_backward_pre_hooks)
-    return not any(hooks)
+    # Asked on every call: a chain of truth tests, no tuple built.
+    return not (norm._forward_hooks or norm._forward_pre_hooks or norm._backward_hooks or norm._backward_pre_hooks
+                or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks or nn_module._global_backward_pre_hooks)

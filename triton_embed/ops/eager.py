@@ -23,7 +23,14 @@ from . import stable_embedding as stable_ops
 
 class Embedding(torch.autograd.Function):
     """``triton_embed::embedding`` in eager mode: (weight, indices, padding_idx, scale_grad_by_freq, sparse,
-    deterministic, kernels) → ``weight[indices]``."""
+    deterministic, kernels) → ``weight[indices]``.
+
+    >>> import torch
+    >>> weight = torch.arange(6.0).view(3, 2).requires_grad_()
+    >>> out = embedding(weight, torch.tensor([2, 2]), -1, False, False, False, False)  # the reference path
+    >>> out.sum().backward(); weight.grad[2].tolist()
+    [2.0, 2.0]
+    """
 
     @staticmethod
     def forward(ctx, weight: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool, sparse: bool,

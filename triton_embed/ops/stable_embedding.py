@@ -74,17 +74,13 @@ def forward(
         stride_v, stride_d = weight.stride()
         # float64 statistics or float64 rows: half-width tiles (the tile follows the dtypes and D only).
         wide = acc == torch.float64 or weight.dtype == torch.float64
-        cast, acc_tl = tl_dtype(compute_dtype), tl_dtype(acc)
+        flags = (norm_weight is not None, norm_bias is not None)
 
         def launch(config: tuning.Config) -> None:
-            meta, options, single = plan(forward_tile, config, dim, wide)
-            grid = (cdiv(num_tokens, meta["BLOCK_T"]),)
-            stable_embedding_fwd_kernel[grid](
+            block_t, constants = plan(_forward_constants, config, dim, wide, compute_dtype, *flags)
+            stable_embedding_fwd_kernel[(cdiv(num_tokens, block_t),)](
                 weight, flat, gamma, beta, out, record, mean, rstd, num_tokens, dim, num_rows, float_bits(eps),
-                stride_v, stride_d, flat_stride, stride_g, stride_b, dim, 1,
-                HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
-                CAST_DTYPE=cast, ACC_DTYPE=acc_tl, SINGLE_BLOCK=single,
-                **meta, **options,
+                stride_v, stride_d, flat_stride, stride_g, stride_b, dim, 1, **constants,
             )
 
         # The launch writes only its outputs: timing runs may rewrite them.
@@ -95,6 +91,17 @@ def forward(
         mean.zero_()
         rstd.fill_(1.0 / (float(eps) ** 0.5))
     return out, mean, rstd
+
+
+def _forward_constants(config: tuning.Config, dim: int, wide: bool, compute_dtype: torch.dtype, has_weight: bool,
+                       has_bias: bool) -> tuple[int, dict]:
+    """(BLOCK_T, every constexpr and launch option) of a forward launch: what follows from the config, D and the
+    dtypes, derived once (``plans.plan``)."""
+    meta, options, single = forward_tile(config, dim, wide)
+    return meta["BLOCK_T"], {
+        "HAS_WEIGHT": has_weight, "HAS_BIAS": has_bias, "CAST_DTYPE": tl_dtype(compute_dtype),
+        "ACC_DTYPE": tl_dtype(accumulator_dtype(compute_dtype)), "SINGLE_BLOCK": single, **meta, **options,
+    }
 
 
 def backward(
