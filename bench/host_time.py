@@ -330,10 +330,45 @@ def csv_text(result: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def main() -> None:
-    """``python -m triton_embed.bench.host_time``: measure on this machine (a GPU if there is one) and print."""
+def profile(op: str, pass_: str, calls: int = 2000, top: int = 25) -> str:
+    """A cProfile of ``calls`` host-time calls of ``op`` ("embedding" | "stable") and ``pass_`` ("forward" |
+    "fwd+bwd") at the tiny shape, launches stubbed on the CPU: where the time around the kernels goes."""
+    import cProfile
+    import io
+    import pstats
+
     device = torch.device("cuda" if torch.cuda.is_available() and not _dispatch.interpreter_enabled() else "cpu")
-    print(format_table(measure(device)))
+    ours, _, ids, grad, _ = _modules(op, TINY, device, "nn.Embedding", bitsandbytes=False)
+    step = _step(ours, list(ours.parameters()), ids, grad, pass_)
+    with contextlib.nullcontext() if device.type == "cuda" else stubbed_launches():
+        for _ in range(100):
+            step()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            step()
+        profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m triton_embed.bench.host_time [--quick] [--profile OP PASS]``: measure on this machine (a GPU
+    if there is one) and print the table, or profile one call."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m triton_embed.bench.host_time", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a third of the rounds")
+    parser.add_argument("--profile", nargs=2, metavar=("OP", "PASS"),
+                        help="cProfile one call instead: OP embedding|stable, PASS forward|fwd+bwd")
+    args = parser.parse_args(argv)
+    if args.profile:
+        print(profile(*args.profile))
+        return
+    device = torch.device("cuda" if torch.cuda.is_available() and not _dispatch.interpreter_enabled() else "cpu")
+    torch.set_num_threads(1)
+    print(format_table(measure(device, quick=args.quick)))
 
 
 if __name__ == "__main__":
@@ -341,4 +376,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["TARGETS", "TINY", "MID", "measure", "stubbed_launches", "format_table", "markdown", "csv_text",
-           "table_lines", "method_text"]
+           "table_lines", "method_text", "profile"]
