@@ -162,3 +162,59 @@ def test_readme_section_runs_as_written():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def _t5(seed: int) -> torch.nn.Module:
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.T5Config(vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                                   decoder_start_token_id=0, dropout_rate=0.0)
+    return transformers.T5ForConditionalGeneration(config).eval()
+
+
+@needs("transformers")
+@pytest.mark.filterwarnings("ignore:replace_embeddings.quantize")  # T5's head stays tied to the float table
+@pytest.mark.parametrize("quantize", ["int8", "nf4", "fp4"])
+def test_t5_with_one_quantized_table_under_three_names_saves_and_loads(quantize, tmp_path):
+    """T5's shared, encoder and decoder embeddings are one quantized module: ``save_pretrained`` writes it (the
+    int8 SCB buffer was refused as an undeclared shared tensor) and the checkpoint loads back, strict."""
+    import safetensors.torch
+
+    model = triton_embed.replace_embeddings(_t5(0), quantize=quantize)
+    assert model.shared is model.encoder.embed_tokens is model.decoder.embed_tokens
+    ids = torch.tensor([[5, 17, 3, 90]])
+    with torch.no_grad():
+        expected = model(input_ids=ids, decoder_input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    fresh = triton_embed.replace_embeddings(_t5(1), quantize=quantize)
+    safetensors.torch.load_model(fresh, tmp_path / "model.safetensors")  # strict
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=ids, decoder_input_ids=ids).logits, expected)
+
+
+@needs("transformers")
+@pytest.mark.parametrize("quantize", ["int8", "nf4"])
+def test_a_from_pretrained_subclass_that_quantizes_itself(quantize, tmp_path):
+    """``from_pretrained`` builds the model on the meta device, where ``replace_embeddings(quantize=...)`` makes an
+    unquantized module; the float checkpoint's table is loaded into it and quantized (at the latest by the
+    first forward): the same logits as quantizing the loaded float model."""
+    import transformers
+
+    model = make("llama")
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.save_pretrained(tmp_path)
+    expected = triton_embed.replace_embeddings(transformers.LlamaForCausalLM.from_pretrained(tmp_path),
+                                               quantize=quantize)
+
+    class QuantizedLlama(transformers.LlamaForCausalLM):
+        def __init__(self, config):
+            super().__init__(config)
+            triton_embed.replace_embeddings(self, quantize=quantize)
+
+    loaded = QuantizedLlama.from_pretrained(tmp_path)
+    emb = loaded.model.embed_tokens
+    assert type(emb) is type(expected.model.embed_tokens) and not emb.weight.is_meta
+    assert torch.equal(logits(loaded), logits(expected)) and emb.is_quantized
+    assert torch.equal(emb.dequantize(), expected.model.embed_tokens.dequantize())

@@ -230,3 +230,24 @@ def test_4bit_state_dict_is_bitsandbytes_quant_state():
     assert torch.equal(state.absmax, ours.absmax) and torch.equal(state.code, ours.quant_map)
     assert torch.equal(state.as_dict(packed=True)["quant_state.bitsandbytes__nf4"],
                        ours.state_dict()["weight.quant_state.bitsandbytes__nf4"])
+
+
+@needs("bitsandbytes")
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_bitsandbytes_state_that_does_not_fit_the_table_is_refused(fmt):
+    """from_float takes a bitsandbytes module's codes and scales as they are, so they must fit its (V, D):
+    a state for another shape would make rows read other rows' codes."""
+    bnb = _bnb()
+    if fmt == "int8":
+        theirs = bnb.nn.Embedding8bit(13, 65, dtype=torch.float16)
+    else:
+        theirs = bnb.nn.Embedding4bit(13, 65, dtype=torch.float16, quant_type=fmt)
+    theirs.weight.data.copy_(_table(13, 65, torch.float16))
+    theirs = theirs.to("cpu")
+    if fmt == "int8":
+        theirs.weight.SCB = theirs.weight.SCB[:-1]
+    else:
+        theirs.weight.quant_state.shape = torch.Size([12, 65])
+    cls = triton_embed.Embedding8bit if fmt == "int8" else triton_embed.Embedding4bit
+    with pytest.raises(ValueError, match="SCB" if fmt == "int8" else "quant_state.shape"):
+        cls.from_float(theirs)

@@ -173,7 +173,11 @@ def replace_embeddings(model: M, *, stable: bool = False, deterministic: bool = 
             same_table = (id(module.weight), kind, module.padding_idx, module.scale_grad_by_freq, module.sparse)
             new = quantized_tables.get(same_table)
             if new is None:
-                new = quantized_tables[same_table] = _quantized(module, quantize, stable or keeps_norm)
+                try:
+                    new = quantized_tables[same_table] = _quantized(module, quantize, stable or keeps_norm)
+                except ValueError as exc:  # a table the format cannot hold (NaN, inf; int8: beyond float16)
+                    raise ValueError(f"replace_embeddings(quantize={quantize!r}) cannot quantize {label}: {exc}; "
+                                     "nothing was replaced") from exc
             table_names = float_tables.setdefault(id(module.weight), (module.weight, []))[1]
             table_names += names[id(module)]
         else:

@@ -36,14 +36,27 @@ def _fixed_quant_type(cls) -> str | None:
 
 def _blank(cls, source: torch.nn.Module, dtype: torch.dtype, device: torch.device, **options):
     """A ``cls`` with no table yet (built on the meta device: nothing V x D is allocated), its norm (for the
-    StableEmbedding forms) the source's own or a fresh one on ``device``, float32 whatever the default dtype."""
+    StableEmbedding forms) the source's own module, whatever it is (a LayerNorm, an RMSNorm, ...), or for a plain
+    source a fresh LayerNorm on ``device``, float32 whatever the default dtype."""
     new = cls(source.num_embeddings, source.embedding_dim, dtype=dtype, device="meta",
               padding_idx=source.padding_idx, **options)
     if hasattr(new, "norm"):
-        norm = getattr(source, "norm", None)
-        new.norm = norm if isinstance(norm, torch.nn.LayerNorm) else torch.nn.LayerNorm(
-            source.embedding_dim, device=device, dtype=torch.float32)
+        if "norm" in source._modules:
+            norm = source._modules["norm"]
+            if norm is None:
+                raise TypeError(f"the source {type(source).__name__} has no norm module (norm is None)")
+            new.norm = norm
+        else:
+            new.norm = torch.nn.LayerNorm(source.embedding_dim, device=device, dtype=torch.float32)
     return new.train(source.training)
+
+
+def _check_fits(shape: tuple[int, int], *checks) -> None:
+    """(name, got, expected) triples of a bitsandbytes module's quantized state: a state that does not fit the
+    module's (V, D) table would read other rows' codes, so it is refused."""
+    for name, got, expected in zip(checks[0::3], checks[1::3], checks[2::3]):
+        if got != expected:
+            raise ValueError(f"the bitsandbytes module's {name} is {got}, a {shape} table's is {expected}")
 
 
 def _four_bit_options(cls, quant_type: str, blocksize: int) -> dict:
@@ -71,18 +84,24 @@ def from_float(cls, module: torch.nn.Module, **options):
             raise TypeError(f"{type(module).__name__} holds a {'4-bit' if bnb_four_bit else 'int8'} table: use "
                             f"triton_embed.{'Embedding4bit' if bnb_four_bit else 'Embedding8bit'}.from_float")
         dtype = getattr(module, "dtype", weight.dtype)
+        shape = (module.num_embeddings, module.embedding_dim)
         if not bnb_four_bit and weight.dtype == torch.int8 and getattr(weight, "SCB", None) is not None:
+            _check_fits(shape, "int8 codes", tuple(weight.shape), shape, "SCB", tuple(weight.SCB.shape), shape[:1])
             new = _blank(cls, module, dtype, weight.device)
-            new._set_quantized(weight.data.clone(), weight.SCB.detach().float().clone())
+            new._set_from_state((weight.data.clone(), weight.SCB.detach().float().clone()))
             return new
         state = getattr(weight, "quant_state", None) or getattr(module, "quant_state", None)
         if bnb_four_bit and getattr(weight, "bnb_quantized", False) and state is not None:
             if state.nested:
                 raise ValueError("double-quantized (compress_statistics) absmax is not supported")
+            count = shape[0] * shape[1]
+            _check_fits(shape, "quant_state.shape", tuple(state.shape), shape, "packed bytes",
+                        (weight.data.nbytes,), ((count + 1) // 2,), "absmax", tuple(state.absmax.shape),
+                        (-(-count // state.blocksize),), "code", tuple(state.code.shape), (16,))
             new = _blank(cls, module, dtype, weight.device, **_four_bit_options(cls, state.quant_type, state.blocksize))
             new.quant_storage = weight.dtype
-            new._set_quantized(weight.data.contiguous().view(-1).view(torch.uint8).clone(),
-                               state.absmax.detach().float().clone(), state.code.detach().float().clone())
+            new._set_from_state((weight.data.contiguous().view(-1).view(torch.uint8).clone(),
+                                 state.absmax.detach().float().clone(), state.code.detach().float().clone()))
             return new
         if bnb_four_bit:  # not quantized yet: its own format options
             options = {"quant_type": weight.quant_type, "blocksize": weight.blocksize, **options}
@@ -97,6 +116,8 @@ def from_float(cls, module: torch.nn.Module, **options):
         options = _four_bit_options(cls, options.pop("quant_type", _fixed_quant_type(cls) or "fp4"),
                                     options.pop("blocksize", 64)) | options
     new = _blank(cls, module, table.dtype, table.device, **options)
+    if table.is_meta:  # no values yet (a model built on the meta device): quantized once a float table is loaded
+        return new
     with torch.no_grad():
         new._set_from_float(table)
     return new

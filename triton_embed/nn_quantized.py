@@ -7,9 +7,11 @@ is frozen, so there is no gradient to mask), ``state_dict()`` / ``load_state_dic
 checkpoint layouts, lookups that read only the selected rows for any D, and conversions both ways
 (``from_float``, ``to_bitsandbytes``).
 
-The table is quantized by ``quantize()``, or, as bitsandbytes does, when the module moves to a CUDA
-device. Float casts (``.half()``, ``.to(torch.bfloat16)``) change the output dtype; the codes and float32
-scales never change. A forward before quantization raises ``RuntimeError``.
+The table is quantized by ``quantize()``, as bitsandbytes does when the module moves to a CUDA device, or by
+the first forward. Float casts (``.half()``, ``.to(torch.bfloat16)``) change the output dtype; the codes and
+float32 scales never change; other casts (``.double()``) raise ``TypeError``. A load is all or nothing: a
+checkpoint entry the module cannot take raises ``load_state_dict``'s error, naming the key, and changes
+nothing.
 
 state_dict layouts (every entry a tensor, safetensors-compatible):
 
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import quantize as formats
-from ._quantized_module import _QuantizedEmbedding
+from ._quantized_module import CheckpointError, _QuantizedEmbedding
 
 
 class Embedding8bit(_QuantizedEmbedding):
@@ -67,11 +69,14 @@ class Embedding8bit(_QuantizedEmbedding):
         self.weight = torch.nn.Parameter(codes, requires_grad=False)
         self.SCB = scales
 
-    def _set_from_float(self, table: Tensor) -> None:
-        self._set_quantized(*formats.quantize_int8(table))
+    def _quantize_table(self, table: Tensor) -> tuple[Tensor, Tensor]:
+        return formats.quantize_int8(table)
 
     def _state(self) -> tuple[Tensor, Tensor, None, int]:
         return self.weight, self.SCB, None, 0
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return self._KEYS if self.is_quantized else ("weight",)
 
     def dequantize(self) -> Tensor:
         if not self.is_quantized:
@@ -82,23 +87,41 @@ class Embedding8bit(_QuantizedEmbedding):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.is_quantized:
             destination[prefix + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
+            # A module under several names (T5's shared / encoder / decoder embeddings): the names after the
+            # first get a copy of SCB, as they get a fresh weight_format. Hugging Face's save_pretrained drops the
+            # other names' weights as tied, but refuses a shared buffer it does not know as tied.
+            if not keep_vars and _saved_elsewhere(destination, prefix + "SCB"):
+                destination[prefix + "SCB"] = self.SCB.detach().clone()
 
-    def _load_table(self, state_dict: dict, prefix: str, error_msgs: list, device: torch.device) -> bool | None:
+    def _load_table(self, state_dict: dict, prefix: str, device: torch.device):
         weight = state_dict[prefix + "weight"]
         if weight.is_floating_point():
-            return False
-        scales = state_dict.get(prefix + "SCB")
-        layout = state_dict.get(prefix + "weight_format", 0)
-        layout = layout.item() if isinstance(layout, Tensor) else layout
-        shape = (self.num_embeddings, self.embedding_dim)
-        if weight.dtype != torch.int8 or tuple(weight.shape) != shape or scales is None or \
-                tuple(scales.shape) != shape[:1] or layout not in (0, "row"):
-            error_msgs.append(f"{prefix}: an int8 table needs weight {shape} int8, SCB ({shape[0]},) and the row-major "
-                              f"weight_format 0; got weight {tuple(weight.shape)} {weight.dtype}, SCB "
-                              f"{None if scales is None else tuple(scales.shape)}, weight_format {layout!r}")
             return None
-        self._set_quantized(weight.detach().to(device, copy=True), scales.detach().to(device, torch.float32, copy=True))
-        return True
+        shape = (self.num_embeddings, self.embedding_dim)
+        if weight.dtype != torch.int8 or tuple(weight.shape) != shape:
+            raise CheckpointError(f"{prefix}weight: an int8 table is {shape} int8 codes (or a float table); got "
+                                  f"{tuple(weight.shape)} {weight.dtype}")
+        scales = state_dict.get(prefix + "SCB")
+        if scales is None:
+            raise CheckpointError(f"{prefix}SCB: missing, and {prefix}weight holds int8 codes, which need their row "
+                                  "absmax")
+        if not scales.is_floating_point() or tuple(scales.shape) != shape[:1]:
+            raise CheckpointError(f"{prefix}SCB: the row absmax of a {shape} int8 table is ({shape[0]},) float; "
+                                  f"got {tuple(scales.shape)} {scales.dtype}")
+        layout = state_dict.get(prefix + "weight_format", 0)
+        if isinstance(layout, Tensor):
+            layout = layout.item() if layout.numel() == 1 and not layout.is_meta else f"a {tuple(layout.shape)} tensor"
+        if layout not in (0, "row"):
+            raise CheckpointError(f"{prefix}weight_format: only the row-major layout (0) is supported, got {layout!r}")
+        state = weight.detach().to(device, copy=True), scales.detach().to(device, torch.float32, copy=True)
+        return lambda: self._set_from_state(state)
+
+
+def _saved_elsewhere(destination: dict, key: str) -> bool:
+    """Whether the scales saved under ``key`` share their memory with scales saved under another name."""
+    tensor = destination[key]
+    return any(name != key and name.endswith("SCB") and isinstance(other, Tensor) and other.device == tensor.device
+               and other.data_ptr() == tensor.data_ptr() for name, other in destination.items())
 
 
 class Embedding4bit(_QuantizedEmbedding):
@@ -120,6 +143,8 @@ class Embedding4bit(_QuantizedEmbedding):
     """
 
     _SCALES = ("absmax", "quant_map")
+    _KEYS = ("weight", "weight.absmax", "weight.quant_map", "weight.nested_absmax",
+             *(f"weight.quant_state.bitsandbytes__{t}" for t in formats.QUANT_TYPES))
     #: The quant type a shorthand class stands for (None: any, taken from a checkpoint).
     _FIXED_QUANT_TYPE: str | None = None
 
@@ -138,15 +163,24 @@ class Embedding4bit(_QuantizedEmbedding):
         return self.absmax is not None and self.weight.dtype == torch.uint8
 
     def _set_quantized(self, packed: Tensor, absmax: Tensor, quant_map: Tensor) -> None:
-        size = torch.empty((), dtype=self.quant_storage).element_size()
-        if packed.numel() % size:
-            raise ValueError(f"{packed.numel()} packed bytes cannot be stored as {self.quant_storage}")
+        self._check_storage(packed)
         self.weight = torch.nn.Parameter(packed.reshape(-1, 1), requires_grad=False)
         self.absmax, self.quant_map = absmax, quant_map
 
-    def _set_from_float(self, table: Tensor) -> None:
+    def _quantize_table(self, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         packed, absmax = formats.quantize_4bit(table, self.quant_type, self.blocksize)
-        self._set_quantized(packed, absmax, formats.codebook(self.quant_type, table.device))
+        self._check_storage(packed)
+        return packed, absmax, formats.codebook(self.quant_type, table.device)
+
+    def _check_storage(self, packed: Tensor, storage: torch.dtype | None = None) -> None:
+        storage = storage or self.quant_storage
+        if packed.numel() % torch.empty((), dtype=storage).element_size():
+            raise ValueError(f"{packed.numel()} packed bytes cannot be stored as {storage}")
+
+    def _state_keys(self) -> tuple[str, ...]:
+        if not self.is_quantized:
+            return ("weight",)
+        return ("weight", "weight.absmax", "weight.quant_map", f"weight.quant_state.bitsandbytes__{self.quant_type}")
 
     def _state(self) -> tuple[Tensor, Tensor, Tensor, int]:
         return self.weight, self.absmax, self.quant_map, self.blocksize
@@ -172,40 +206,56 @@ class Embedding4bit(_QuantizedEmbedding):
         destination[f"{prefix}weight.quant_state.bitsandbytes__{self.quant_type}"] = formats.pack_quant_state(
             self.quant_type, self.blocksize, self.dtype, (self.num_embeddings, self.embedding_dim))
 
-    def _load_table(self, state_dict: dict, prefix: str, error_msgs: list, device: torch.device) -> bool | None:
+    def _load_table(self, state_dict: dict, prefix: str, device: torch.device):
         weight = state_dict[prefix + "weight"]
         packed_keys = [k for k in state_dict if k.startswith(prefix + "weight.quant_state.bitsandbytes__")]
         if weight.is_floating_point() and not packed_keys:
-            return False
-        absmax, quant_map = state_dict.get(prefix + "weight.absmax"), state_dict.get(prefix + "weight.quant_map")
-        nested = prefix + "weight.nested_absmax" in state_dict
-        if len(packed_keys) != 1 or absmax is None or quant_map is None or nested:
-            error_msgs.append(f"{prefix}: a 4-bit table needs weight, weight.absmax, weight.quant_map and one "
-                              "weight.quant_state.bitsandbytes__* entry (double-quantized absmax is not supported)")
             return None
-        record = formats.unpack_quant_state(state_dict[packed_keys[0]])
+        absmax, quant_map = state_dict.get(prefix + "weight.absmax"), state_dict.get(prefix + "weight.quant_map")
+        if prefix + "weight.nested_absmax" in state_dict:
+            raise CheckpointError(f"{prefix}weight.nested_absmax: double-quantized absmax is not supported")
+        for name, tensor in (("absmax", absmax), ("quant_map", quant_map)):
+            if tensor is None:
+                raise CheckpointError(f"{prefix}weight.{name}: missing, and {prefix}weight holds 4-bit codes")
+        if len(packed_keys) != 1:
+            raise CheckpointError(f"{prefix}weight.quant_state.bitsandbytes__<nf4|fp4>: a 4-bit table has one such "
+                                  f"record, got {packed_keys or 'none'}")
+        key = packed_keys[0]
+        try:
+            record = formats.unpack_quant_state(state_dict[key])
+        except ValueError as exc:
+            raise CheckpointError(f"{key}: {exc}") from None
+        if key.rsplit("__", 1)[1] != record["quant_type"]:
+            raise CheckpointError(f"{key}: the record says quant_type {record['quant_type']!r}, its key another")
         shape = (self.num_embeddings, self.embedding_dim)
         count = shape[0] * shape[1]
-        packed = weight.detach().contiguous().reshape(-1).view(torch.uint8)
         blocksize = record["blocksize"]
-        if record["shape"] != shape or record["quant_type"] not in formats.QUANT_TYPES or \
-                blocksize not in formats.BLOCKSIZES or packed.numel() != (count + 1) // 2 or \
-                tuple(absmax.shape) != (-(-count // blocksize),) or tuple(quant_map.shape) != (16,):
-            error_msgs.append(f"{prefix}: the 4-bit state ({record}, {packed.numel()} bytes, absmax "
-                              f"{tuple(absmax.shape)}) does not fit a {shape} table")
-            return None
+        if record["shape"] != shape or blocksize not in formats.BLOCKSIZES:
+            raise CheckpointError(f"{key}: the record ({record}) is not a {shape} table's, in one of the block sizes "
+                                  f"{formats.BLOCKSIZES}")
+        packed = weight.detach().contiguous().reshape(-1).view(torch.uint8)
+        if packed.numel() != (count + 1) // 2:
+            raise CheckpointError(f"{prefix}weight: a {shape} table is {(count + 1) // 2} packed bytes, got "
+                                  f"{packed.numel()}")
+        for name, tensor, size in (("absmax", absmax, -(-count // blocksize)), ("quant_map", quant_map, 16)):
+            if tuple(tensor.shape) != (size,) or not tensor.is_floating_point():
+                raise CheckpointError(f"{prefix}weight.{name}: a {shape} table in blocks of {blocksize} has ({size},) "
+                                      f"float {name}, got {tuple(tensor.shape)} {tensor.dtype}")
         if self._FIXED_QUANT_TYPE not in (None, record["quant_type"]):
-            error_msgs.append(f"{prefix}: the checkpoint holds {record['quant_type']} codes; a {type(self).__name__} "
-                              f"holds {self._FIXED_QUANT_TYPE} (load it into Embedding4bit(..., "
-                              f"quant_type={record['quant_type']!r}))")
-            return None
-        # The codes mean something only in their own format, which the module takes from the checkpoint; the
-        # output dtype stays the module's, as Embedding8bit's does (bitsandbytes casts to the module's dtype).
-        self.quant_type, self.blocksize = record["quant_type"], blocksize
-        self.quant_storage = weight.dtype
-        self._set_quantized(packed.to(device, copy=True), absmax.detach().to(device, torch.float32, copy=True),
-                            quant_map.detach().to(device, torch.float32, copy=True))
-        return True
+            raise CheckpointError(f"{key}: the checkpoint holds {record['quant_type']} codes; a "
+                                  f"{type(self).__name__} holds {self._FIXED_QUANT_TYPE} (load it into "
+                                  f"Embedding4bit(..., quant_type={record['quant_type']!r}))")
+        self._check_storage(packed, weight.dtype)
+        state = (packed.to(device, copy=True), absmax.detach().to(device, torch.float32, copy=True),
+                 quant_map.detach().to(device, torch.float32, copy=True))
+
+        def commit() -> None:
+            # The codes mean something only in their own format, which the module takes from the checkpoint; the
+            # output dtype stays the module's, as Embedding8bit's does (bitsandbytes casts to the module's dtype).
+            self.quant_type, self.blocksize, self.quant_storage = record["quant_type"], blocksize, weight.dtype
+            self._set_from_state(state)
+
+        return commit
 
 
 class EmbeddingNF4(Embedding4bit):

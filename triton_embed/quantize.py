@@ -99,7 +99,7 @@ def quantize_int8(table: Tensor) -> tuple[Tensor, Tensor]:
     rows, dim = table.shape
     codes = torch.empty((rows, dim), dtype=torch.int8, device=table.device)
     scales = torch.zeros((rows,), dtype=torch.float32, device=table.device)
-    if not dim:
+    if not dim or table.is_meta:  # a meta table has no values: the layout alone
         return codes, scales
     step = max(1, _CHUNK // dim)
     for start in range(0, rows, step):
@@ -134,7 +134,7 @@ def quantize_4bit(table: Tensor, quant_type: str = "fp4", blocksize: int = 64) -
     packed = torch.empty((count + 1) // 2, dtype=torch.uint8, device=table.device)
     absmax = torch.empty(-(-count // blocksize), dtype=torch.float32, device=table.device)
     bounds, order = _bounds(quant_type, table.device)
-    for start in range(0, count, _CHUNK):
+    for start in range(0, 0 if table.is_meta else count, _CHUNK):  # a meta table has no values: the layout alone
         x = flat[start:start + _CHUNK].float()
         if not bool(torch.isfinite(x).all()):
             raise ValueError("a 4-bit table's values must be finite")
@@ -198,13 +198,37 @@ def pack_quant_state(quant_type: str, blocksize: int, dtype: torch.dtype, shape:
 
 
 def unpack_quant_state(data: Tensor) -> dict:
-    """The record :func:`pack_quant_state` wrote: quant_type, blocksize, dtype (a torch dtype), shape (a tuple)."""
-    record = json.loads(bytes(data.cpu().tolist()).decode("utf-8"))
-    dtype = getattr(torch, str(record.get("dtype")), None)
+    """The record :func:`pack_quant_state` wrote: quant_type, blocksize, dtype (a torch dtype), shape (a tuple,
+    or None). Anything else (not uint8 bytes, not JSON, a field missing or of the wrong kind) raises ValueError.
+
+    >>> unpack_quant_state(pack_quant_state("fp4", 128, torch.float16, (4, 8)))
+    {'quant_type': 'fp4', 'blocksize': 128, 'dtype': torch.float16, 'shape': (4, 8)}
+    >>> unpack_quant_state(pack_quant_state("fp4", 128, torch.float16, (4, 8))[:-3])
+    Traceback (most recent call last):
+    ...
+    ValueError: a 4-bit quant state record is not valid UTF-8 JSON (Expecting value: line 1 column 74 (char 73))
+    """
+    if not isinstance(data, Tensor) or data.dtype != torch.uint8 or data.dim() != 1 or data.is_meta:
+        what = f"{tuple(data.shape)} {data.dtype} on {data.device}" if isinstance(data, Tensor) else type(data).__name__
+        raise ValueError(f"a 4-bit quant state record is a 1-D uint8 tensor of JSON bytes, got {what}")
+    try:
+        record = json.loads(bytes(data.cpu().tolist()).decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and json.JSONDecodeError are ValueErrors
+        raise ValueError(f"a 4-bit quant state record is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"a 4-bit quant state record is a JSON object, got {type(record).__name__}")
+    quant_type, blocksize, shape = record.get("quant_type"), record.get("blocksize"), record.get("shape")
+    dtype = getattr(torch, record["dtype"], None) if isinstance(record.get("dtype"), str) else None
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"quant_type {quant_type!r} in a 4-bit quant state record is not one of {QUANT_TYPES}")
+    if type(blocksize) is not int:
+        raise ValueError(f"blocksize {blocksize!r} in a 4-bit quant state record is not an integer")
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {record.get('dtype')!r} in a 4-bit quant state")
-    return {"quant_type": record["quant_type"], "blocksize": int(record["blocksize"]), "dtype": dtype,
-            "shape": tuple(int(s) for s in record["shape"]) if record.get("shape") is not None else None}
+        raise ValueError(f"unknown dtype {record.get('dtype')!r} in a 4-bit quant state record")
+    if shape is not None and not (isinstance(shape, list) and all(type(s) is int for s in shape)):
+        raise ValueError(f"shape {shape!r} in a 4-bit quant state record is not a list of integers")
+    return {"quant_type": quant_type, "blocksize": blocksize, "dtype": dtype,
+            "shape": tuple(shape) if shape is not None else None}
 
 
 __all__ = ["NF4", "FP4", "QUANT_TYPES", "BLOCKSIZES", "codebook", "quantize_int8", "dequantize_int8",

@@ -188,7 +188,8 @@ def quantized_embedding(codes: Tensor, scales: Tensor, quant_map: Optional[Tenso
         errors.after_call(codes.device)
         return out
     check_index_bounds(indices, num_embeddings)
-    return reference_quantized.gather_rows(codes, scales, quant_map, indices, embedding_dim, blocksize, out_dtype)
+    return reference_quantized.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
+                                           blocksize, out_dtype)
 
 
 @quantized_embedding.register_fake
@@ -210,7 +211,8 @@ def quantized_stable_embedding(
         errors.after_call(codes.device)
         return result
     check_index_bounds(indices, num_embeddings)
-    rows = reference_quantized.gather_rows(codes, scales, quant_map, indices, embedding_dim, blocksize, out_dtype)
+    rows = reference_quantized.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
+                                           blocksize, out_dtype)
     return reference_quantized.stable_forward(rows, norm_weight, norm_bias, eps, compute_dtype)
 
 
@@ -235,7 +237,8 @@ def quantized_stable_embedding_backward(
         dw, db = stable_backward(grad, codes, scales, quant_map, indices, norm_weight, norm_bias, mean, rstd,
                                  num_embeddings, embedding_dim, blocksize, compute_dtype)
     elif indices.numel() and embedding_dim:
-        rows = reference_quantized.gather_rows(codes, scales, quant_map, indices, embedding_dim, blocksize, grad.dtype)
+        rows = reference_quantized.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
+                                               blocksize, grad.dtype)
         dw, db = reference_quantized.stable_backward(grad, rows, norm_weight, norm_bias, eps, compute_dtype)
     else:
         dw = torch.zeros_like(norm_weight) if norm_weight is not None else None
