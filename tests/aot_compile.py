@@ -257,6 +257,8 @@ _PTXAS_PATTERNS = {
 }
 # ld.global[.nc][.L1::evict_last][...].v4.b32 and friends; the width is lanes x bits.
 _VECTOR_LOAD = re.compile(r"\bld\.global(?:\.[A-Za-z0-9_:]+)*?\.v(\d+)\.[a-z]+(\d+)\b")
+# A predicated 64-bit global atomic and its qualifiers (kernels/errors.py's record: claim, fields, publish).
+_RECORD_ATOMIC = re.compile(r"@(%p\d+)\s+atom\.global((?:\.[a-z]+)+?)\.(cas|exch)\.b64\b")
 
 
 def parse_ptxas(log: str) -> dict[str, int]:
@@ -265,6 +267,21 @@ def parse_ptxas(log: str) -> dict[str, int]:
         values = [int(v) for v in pattern.findall(log)]
         out[key] = max(values) if values else 0
     return out
+
+
+def record_atomics(ptx: str) -> dict[str, Any]:
+    """The error record's atomics in ``ptx`` (kernels/errors.py): compare-and-swaps (the claim), exchanges
+    with release semantics (the publish) and relaxed ones (the fields), how many of each are at system scope
+    (visible to the host through pinned memory), and the predicates that issue them (one: one thread)."""
+    found = [(pred, set(quals.strip(".").split(".")), op) for pred, quals, op in _RECORD_ATOMIC.findall(ptx)]
+    return {
+        "cas": sum(op == "cas" for _, _, op in found),
+        "publish": sum(op == "exch" and "release" in q for _, q, op in found),
+        "fields": sum(op == "exch" and "release" not in q for _, q, op in found),
+        "system_scope": sum("sys" in q for _, q, _ in found),
+        "total": len(found),
+        "predicates": sorted({pred for pred, _, _ in found}),
+    }
 
 
 def count_vector_loads(ptx: str, min_bits: int = 128) -> int:
@@ -346,6 +363,8 @@ def compile_one(job: tuple[str, str, int, int, int]) -> dict[str, Any]:
             ptx = ptx.decode()
         result["smem_dynamic"] = int(getattr(compiled.metadata, "shared", 0) or 0)
         result["vector_loads"] = count_vector_loads(ptx)
+        if "err_ptr" in fn.arg_names:  # writes the error record
+            result["record_atomics"] = record_atomics(ptx)
         if spec.needs_vector_loads:
             result["vector_loads_expected"] = expected_vector_loads(spec, variant, config)
         ptxas_log = log.getvalue()

@@ -256,3 +256,51 @@ def four_ranks(rank: int, world: int, store: str) -> None:
         _case(mesh, rank, world, cls, RowwiseParallel, Shard(1), 10, {"padding_idx": 9},
               ({"reduce_scatter": 1}, {"all_gather": 1, **({"all_reduce": 1} if cls is triton_embed.StableEmbedding else {})}))
     _finish()
+
+
+def out_of_range(rank: int, world: int, store: str) -> None:
+    """A bad id through both styles and both modules (max_norm too): with the check deferred every rank
+    raises at the same point, before any gradient or renorm, and nothing changes; with it off the sharded
+    gradients are the unsharded module's (bad ids read zero rows in both)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    mesh = _init(rank, world, store)
+    vocab, dim = 11, 8
+    ids = torch.tensor([[1, vocab + 3, 4], [-1, 10, 1]])
+    grad = torch.randn(2, 3, dim, generator=torch.Generator().manual_seed(3))
+    modules = [(triton_embed.Embedding, {}), (triton_embed.Embedding, {"padding_idx": 4}),
+               (triton_embed.StableEmbedding, {"padding_idx": 4})]
+    for style in (RowwiseParallel, ColwiseParallel):
+        for cls, options in modules + ([(triton_embed.Embedding, {"max_norm": 0.5})] if style is RowwiseParallel else []):
+            label = f"{cls.__name__} {style.__name__} {options}"
+            for mode in ("deferred", "off"):
+                triton_embed.set_index_check(mode)
+                torch.manual_seed(0)
+                single = cls(vocab, dim, **options)
+                tp = parallelize_module(copy.deepcopy(single), mesh, style())
+                before = {name: p.full_tensor().clone() for name, p in tp.named_parameters()}
+                layout = Shard(-1) if style is ColwiseParallel else Replicate()
+                try:
+                    out = tp(ids)
+                    out.backward(_local_slice(grad, layout, rank, world))
+                except IndexError:
+                    raised = True
+                else:
+                    raised = False
+                triton_embed.check_errors()
+                if mode == "deferred":
+                    assert raised, f"{label}: nothing raised"
+                    for name, p in tp.named_parameters():
+                        assert p.grad is None, f"{label}: {name} has a gradient"
+                        assert torch.equal(p.full_tensor(), before[name]), f"{label}: {name} changed"
+                    continue
+                assert not raised, f"{label}: off mode raised"
+                single(ids).backward(grad)
+                for (name, mine), (_, truth) in zip(tp.named_parameters(), single.named_parameters()):
+                    torch.testing.assert_close(mine.grad.full_tensor(), truth.grad, rtol=1e-5, atol=1e-5,
+                                               msg=f"{label}: {name} grad")
+                    torch.testing.assert_close(mine.full_tensor(), truth.detach(), rtol=0, atol=0,
+                                               msg=f"{label}: {name}")
+    triton_embed.set_index_check("deferred")
+    _finish()

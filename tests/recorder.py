@@ -60,7 +60,11 @@ class _Mode(TorchDispatchMode):
 
 
 def _tensors(tree):
-    if isinstance(tree, torch.Tensor):
+    """The strided tensors in ``tree``; a sparse COO tensor's are its indices and values."""
+    if isinstance(tree, torch.Tensor) and tree.is_sparse:
+        yield tree._indices()
+        yield tree._values()
+    elif isinstance(tree, torch.Tensor):
         yield tree
     elif isinstance(tree, (list, tuple)):
         for item in tree:

@@ -117,6 +117,43 @@ def test_forward_kernels_use_128bit_loads(report):
         for r in scalar)
 
 
+RECORD_WRITERS = {"gather_rows_kernel", "claim_rows_kernel", "stable_embedding_fwd_kernel", "quantized_gather_kernel",
+                  "quantized_stable_fwd_kernel", "error_probe_kernel"}
+
+
+def test_the_error_record_is_claimed_and_published_atomically(report):
+    """Every kernel that takes the error record writes it as kernels/errors.py says, in the compiled code: one
+    64-bit compare-and-swap claims it, three exchanges write the fields, one release exchange publishes it,
+    all at system scope (the host reads the record in pinned memory) and from one thread (one predicate),
+    so that the release orders the fields before the COMPLETE state."""
+    checked = [r for r in report["results"] if r["ok"] and "record_atomics" in r]
+    assert {r["kernel"] for r in checked} == RECORD_WRITERS
+    wrong = [r for r in checked if not _one_claim_and_publish(r["record_atomics"])]
+    assert not wrong, "error record not written atomically:\n" + "\n".join(
+        f"{describe(r)}: {r['record_atomics']}" for r in wrong[:20])
+
+
+def _one_claim_and_publish(found: dict) -> bool:
+    return (found["cas"], found["fields"], found["publish"], found["system_scope"], found["total"]) == (1, 3, 1, 5, 5) \
+        and len(found["predicates"]) == 1
+
+
+def test_record_atomics_reads_ptx():
+    """The PTX reading behind the check above, on hand-written lines: plain stores are not a claim."""
+    good = "\n".join([
+        "@%p9 atom.global.relaxed.sys.cas.b64 %rd5, [ %rd31 + 0 ], %rd6, %rd7;",
+        *["@%p9 atom.global.sys.relaxed.exch.b64 %rd21, [ %rd22 + 0 ], %rd23;"] * 3,
+        "@%p9 atom.global.sys.release.exch.b64 %rd30, [ %rd31 + 0 ], %rd32;",
+    ])
+    assert _one_claim_and_publish(aot_compile.record_atomics(good))
+    plain = "@%p9 st.global.b64 [ %rd1 + 8 ], %rd2;\n@%p9 st.global.b64 [ %rd1 + 0 ], %rd3;"
+    assert aot_compile.record_atomics(plain)["total"] == 0
+    gpu_scope = good.replace(".sys", ".gpu")
+    assert aot_compile.record_atomics(gpu_scope)["system_scope"] == 0
+    two_threads = good.replace("@%p9 atom.global.sys.release", "@%p3 atom.global.sys.release")
+    assert not _one_claim_and_publish(aot_compile.record_atomics(two_threads))
+
+
 # --- self-tests: the checks above can fail ------------------------------------------------------
 # These kernels are compiled by the same driver (it imports this module in a process without
 # TRITON_INTERPRET); they are not in triton_embed.kernels, so the package checks never see them.

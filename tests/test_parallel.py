@@ -34,6 +34,10 @@ def test_four_ranks_with_an_empty_shard(tmp_path):
     _spawn(parallel_cases.four_ranks, 4, tmp_path)
 
 
+def test_a_bad_id_changes_no_shard(tmp_path):
+    _spawn(parallel_cases.out_of_range, 2, tmp_path)
+
+
 def test_styles_refuse_what_they_cannot_shard():
     import triton_embed
     from torch.distributed.tensor import Shard

@@ -13,7 +13,7 @@ from torch.nn.modules import module as nn_module
 
 BACKENDS = ("auto", "triton", "reference")
 
-_state = {"backend": os.environ.get("TRITON_EMBED_BACKEND", "auto")}
+_state = {"backend": os.environ.get("TRITON_EMBED_BACKEND", "").strip() or "auto"}  # empty means unset
 if _state["backend"] not in BACKENDS:
     raise ValueError(f"TRITON_EMBED_BACKEND must be one of {BACKENDS}, got {_state['backend']!r}")
 

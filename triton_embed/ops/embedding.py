@@ -72,27 +72,59 @@ embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup_
 
 
 def sparse_backward(grad: Tensor, indices: Tensor, num_weights: int, padding_idx: int, scale_grad_by_freq: bool):
-    """PyTorch's uncoalesced sparse COO weight gradient: one entry per non-padding token. It never holds an
-    out-of-range index: such tokens (which the forward reported) are dropped with the padding tokens, or,
-    without a padding row, become zero entries at row 0."""
+    """PyTorch's uncoalesced sparse COO weight gradient (``embedding_sparse_backward``), entry for entry: one
+    entry per non-padding token, in token order, its values laid out as PyTorch lays them out (sparse
+    gradients accumulate by that layout: on the CPU, contiguous values merge and others concatenate).
+
+    It raises a pending out-of-range report first, as every op that runs kernels does (not inside a
+    ``torch.compile`` graph, which traces this function into PyTorch ops: there the next op reports).
+    Out-of-range ids (masked by the forward) name no row that no valid token named: they are dropped with
+    the padding tokens (which costs a host sync, as in PyTorch), or, without a padding row, their zero
+    entries go to the row of the call's first valid id (no sync). Where the host already sees a report on
+    the device (the check is off), they are dropped as padding is, which covers a call with no valid id at
+    all; only if the host cannot see that call's report yet (a GPU running behind) do its zero entries land
+    on one row.
+    """
     if scale_grad_by_freq:
         raise RuntimeError("embedding_backward: scale_grad_by_freq not supported with sparse gradients")
+    seen = False
+    if use_triton(grad) and not torch.compiler.is_compiling():
+        errors.before_call(grad.device)
+        seen = errors.reported(grad.device)  # still there after before_call: the check is off
     dim = grad.shape[-1]
     flat = indices.reshape(-1)
     values = grad.reshape(flat.numel(), dim)
+    if not values.numel() or not num_weights:  # as PyTorch: no entry (no tokens, zero-width rows, no row at all)
+        return _sparse(flat.new_empty((0,)), values.new_empty((0, dim)), num_weights, dim)
     valid = (flat >= 0) & (flat < num_weights)
-    if padding_idx >= 0:
-        # Dropping padding tokens has a data-dependent size: sparse gradients cost a host sync, as in PyTorch.
+    if padding_idx >= 0 or seen:
+        # Dropping tokens has a data-dependent size: this costs a host sync (with a padding row, as in PyTorch).
         keep = torch.nonzero(valid & (flat != padding_idx)).squeeze(1)
-        flat = flat.index_select(0, keep)
-        values = values.index_select(0, keep)
-    else:
-        flat = torch.where(valid, flat, 0)
-        values = torch.where(valid.unsqueeze(1), values, 0)
-    # Every index is in [0, num_weights) by construction: the invariants need no check.
+        if seen:
+            errors.forget(grad.device)  # handled exactly: later calls need not sync for this report
+        return _sparse(flat.index_select(0, keep), values.index_select(0, keep), num_weights, dim)
+    # (1,), no sync; clamped only for a call with no valid id whose report the host cannot see yet (a GPU
+    # still behind), whose zero entries then stay in range, at the first id's nearest row.
+    first_valid = flat.index_select(0, torch.argmax(valid.to(torch.uint8)).reshape(1)).clamp(0, num_weights - 1)
+    return _sparse(torch.where(valid, flat, first_valid), _masked_values(values, valid), num_weights, dim)
+
+
+def _masked_values(values: Tensor, valid: Tensor) -> Tensor:
+    """``values`` with the rows of masked tokens zeroed, contiguous exactly where ``values`` is. PyTorch's
+    entries are ``grad.reshape(-1, D)`` itself, which is not contiguous for, e.g., the expanded gradient of
+    ``out.sum()``; the CPU's sparse addition concatenates such entries where it merges contiguous ones."""
+    masked = torch.where(valid.unsqueeze(1), values, 0)
+    if values.is_contiguous():
+        return masked
+    # Every other element of an (N, D, 2) tensor: not contiguous (N * D > 1). Made without writing into a
+    # view, which torch.compile's graphs take too.
+    return torch.stack((masked, masked), dim=-1)[..., 0]
+
+
+def _sparse(rows: Tensor, values: Tensor, num_weights: int, dim: int) -> Tensor:
+    # Every index is in [0, num_weights) by construction: the invariants need no check (a check would sync).
     return torch.sparse_coo_tensor(
-        flat.reshape(1, -1).to(torch.int64), values, (num_weights, dim), is_coalesced=False,
-        check_invariants=False,
+        rows.reshape(1, -1).to(torch.int64), values, (num_weights, dim), is_coalesced=False, check_invariants=False,
     )
 
 

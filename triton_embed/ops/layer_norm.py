@@ -12,7 +12,7 @@ from torch import Tensor
 from triton_embed.kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel, layer_norm_param_grad_kernel
 from triton_embed.kernels.reductions import PARTIAL_GROUP
 
-from .. import reference, tuning
+from .. import errors, reference, tuning
 from .._dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
 from .dtypes import accumulator_dtype, tl_dtype
 from .plans import cdiv, plan
@@ -144,6 +144,7 @@ def layer_norm(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
     """LayerNorm over the last dim: (output like ``input``, mean, rstd), statistics ``input.shape[:-1]``
     in float32 (float64 for float64 input)."""
     if use_triton(input, weight, bias):
+        errors.before_call(input.device)  # a pending out-of-range report is raised by every op on the device
         return forward(input, weight, bias, eps)
     return reference.layer_norm_forward(input, weight, bias, eps)
 
@@ -162,6 +163,7 @@ def layer_norm_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dγ, dβ) of ``triton_embed::layer_norm``; dγ/dβ are empty (0,) tensors where weight/bias are None."""
     if use_triton(input, weight, bias):
+        errors.before_call(input.device)
         dx, dw, db = backward(grad, input, weight, bias, mean, rstd)
     else:
         dx, dw, db = reference.layer_norm_backward(grad, input, weight, bias, mean, rstd, eps)

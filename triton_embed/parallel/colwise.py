@@ -16,7 +16,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
-from .. import functional
+from .. import errors, functional
+from .._dispatch import use_triton
 
 
 def _round(x: Tensor, dtype: torch.dtype, to: torch.dtype) -> Tensor:
@@ -48,6 +49,10 @@ class _SlicedNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         rows, gamma, beta, mean, rstd = ctx.saved_tensors
         dim, compute_dtype, group = ctx.options
+        # The first backward of the step: a pending out-of-range report (e.g. the lookup's own) is raised
+        # before dγ/dβ exist, as the fused kernels' backward does.
+        if use_triton(rows) and not torch.compiler.is_compiling():  # (a traced backward: the lookup's op checks)
+            errors.before_call(rows.device)
         x = rows.to(compute_dtype).to(mean.dtype)
         dy = grad.to(compute_dtype).to(mean.dtype)
         xhat = (x - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
