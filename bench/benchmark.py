@@ -15,7 +15,7 @@ from typing import Any, Callable
 import triton_embed
 from triton_embed import tuning
 
-from . import impls, plot, report
+from . import host_time, impls, plot, report
 from .cases import Case
 from .runner import CaseResult, Row, run_case
 from .timing import Deadline, Timer, copy_bandwidth
@@ -187,22 +187,27 @@ def progress(result: CaseResult, gpu: bool) -> str:
 
 def build_payload(command: list[str], env: dict[str, Any], method: dict[str, Any], outcome: Outcome,
                   tuned: dict[str, tuning.Config], host_syncs: int | None = None,
-                  complete: bool = True) -> dict[str, Any]:
-    """results.json's content from what was measured so far (``complete``: the run was not cut short)."""
+                  complete: bool = True, host: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json's content from what was measured so far (``complete``: the run was not cut short;
+    ``host``: the host-time and CPU-path figures, :func:`host_time.measure`)."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return report.payload(command, env, method, outcome.copy, config_report(tuned), outcome.notes,
-                          outcome.skipped, outcome.rows, outcome.failures, created, host_syncs, complete)
+                          outcome.skipped, outcome.rows, outcome.failures, created, host_syncs, complete, host)
 
 
 def write_reports(out: Path, data: dict[str, Any], rows: list[Row], name: str, say: Say,
                   draw: bool = True) -> list[str]:
-    """results.json, results.csv, report.md, plot.png (``draw``, with matplotlib) and ``NAME.json``/``.md``."""
+    """results.json, results.csv, report.md, host_time.csv (when measured), plot.png (``draw``, with
+    matplotlib) and ``NAME.json``/``.md``."""
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(data, rows)
     report.write_json(out / "results.json", data)
     report.write_csv(out / "results.csv", rows)
     report.write_text(out / "report.md", text)
     written = ["results.json", "results.csv", "report.md"]
+    if data.get("host_time"):
+        report.write_text(out / "host_time.csv", host_time.csv_text(data["host_time"]))
+        written.append("host_time.csv")
     if draw:
         env = data["environment"]
         title = f"triton_embed on {env['gpu'] or 'CPU (interpreter)'} — torch {env['torch']}, triton {env['triton']}"

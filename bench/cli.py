@@ -11,7 +11,7 @@ import torch
 import triton_embed
 from triton_embed import tuning
 
-from . import benchmark, impls, report
+from . import benchmark, host_time, impls, report
 from . import cases as cases_mod
 from .runner import PASSES
 from .summary import format_summary
@@ -260,14 +260,20 @@ def _run(args: argparse.Namespace, argv: list[str], gpu: bool) -> int:
                                 done.rows, "", say, draw=False)
 
     complete = False
+    host: dict | None = None
     try:
         benchmark.run(plan, timer, gpu, outcome, say, on_case=partial)
+        say("host time per call (tiny shape) and the CPU path (mid shape), against their peers ...")
+        host = host_time.measure(device, quick=args.quick, deadline=deadline,
+                                 bitsandbytes="bitsandbytes" in plan.peers)
         complete = True
     finally:  # also when interrupted: what was measured is written, marked incomplete
-        data = benchmark.build_payload(command, env, method, outcome, tuned, complete=complete)
+        data = benchmark.build_payload(command, env, method, outcome, tuned, complete=complete, host=host)
         written = benchmark.write_reports(args.out, data, outcome.rows, name, say)
     say("")
     say(report.format_table(outcome.rows))
+    say("")
+    say(host_time.format_table(host))
     say("")
     say("kernel configs (source):")
     for line in report.config_lines(data["configs"]):

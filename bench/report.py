@@ -19,7 +19,7 @@ import triton
 import triton_embed
 from triton_embed import tuning
 
-from . import bytes_model, summary
+from . import bytes_model, host_time, summary
 from .impls import OURS, PEERS, speedup_field
 from .runner import Row, column_names
 
@@ -27,8 +27,8 @@ SCHEMA_VERSION = 2
 #: Top-level keys of results.json.
 JSON_KEYS = (
     "schema", "created", "command", "environment", "methodology", "copy_bandwidth_gbps", "copy_bytes",
-    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "targets", "failures", "checked",
-    "complete", "ok",
+    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "host_time", "targets", "failures",
+    "checked", "complete", "ok",
 )
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -134,9 +134,11 @@ def payload(
     command: list[str], env: dict[str, Any], methodology: dict[str, Any], copy: tuple[float, int],
     configs: dict[str, dict[str, Any]], notes: list[str], skipped: list[str], rows: list[Row],
     failures: list[str], created: str, host_syncs: int | None = None, complete: bool = True,
+    host: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything results.json holds. ``checked``: triton_embed rows compared with the oracle; ``complete``:
-    the run was not cut short; ``ok``: complete and no mismatch."""
+    the run was not cut short; ``ok``: complete and no mismatch. ``host``: :func:`host_time.measure`'s result
+    (``host_time``; None where it did not run)."""
     row_dicts = [r.as_dict() for r in rows]
     data = {
         "schema": SCHEMA_VERSION,
@@ -158,7 +160,8 @@ def payload(
         "notes": notes,
         "skipped": skipped,
         "rows": row_dicts,
-        "targets": summary.evaluate(row_dicts, env["mode"] == "gpu", host_syncs),
+        "host_time": host,
+        "targets": summary.evaluate(row_dicts, env["mode"] == "gpu", host_syncs, host),
         "failures": failures,
         "checked": sum(1 for r in rows if r.impl == OURS and r.ok is not None),
         "complete": complete,
@@ -240,6 +243,8 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
         f"**{data['copy_bandwidth_gbps']:.0f} GB/s** — the ceiling for the % copy column."
     )
     out += ["", "## Performance targets", ""] + summary.markdown(data["targets"])
+    if data.get("host_time"):
+        out += [""] + host_time.markdown(data["host_time"])
     if data["notes"]:
         out += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
     if data["skipped"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -150,6 +151,11 @@ def tuning_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int, rows: int
     name = f"{kernel}[{variant}]" if variant else kernel
     key = f"{name}|{str(dtype).removeprefix('torch.')}|{dim}|{token_bucket(tokens)}"
     return key if rows is None else f"{key}|v{token_bucket(rows)}"
+
+
+@functools.lru_cache(maxsize=4096)  # every launch asks: the string is built once per bucket
+def _bucket_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int, rows: int | None, variant: str) -> str:
+    return tuning_key(kernel, dtype, dim, tokens, rows, variant)
 
 
 def device_tag(device: torch.device | None = None) -> str:
@@ -325,7 +331,7 @@ def choose(
     if interpreter_enabled():
         return INTERPRETER_CONFIGS[kernel]
     force_tune = force_tune or _forced["on"]
-    key = tuning_key(kernel, dtype, dim, tokens, rows, variant)
+    key = _bucket_key(kernel, dtype, dim, token_bucket(tokens), None if rows is None else token_bucket(rows), variant)
     if not force_tune:
         if key in _chosen:
             return _chosen[key]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 import triton.language as tl
 
 from triton_embed.kernels import renorm as kernels
@@ -12,6 +11,7 @@ from triton_embed.kernels import renorm as kernels
 from .. import errors, tuning
 from .._dispatch import device_guard, record_launch
 from .scalars import float_bits
+from .plans import cdiv, plan
 from .tiles import forward_tile
 
 #: Ids per program of the owner election (a fixed launch: it only scatters atomic minima).
@@ -54,13 +54,13 @@ def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_t
 
     def launch(config: tuning.Config, table: torch.Tensor, ids: torch.Tensor, start: int = row_start,
                total: int = total_rows) -> None:
-        meta, options, _ = forward_tile(config, dim, wide)
+        meta, options, _ = plan(forward_tile, config, dim, wide)
         # Entry V of the owners says whether the call may change the table (claim_rows_kernel).
         owner = torch.full((table.shape[0] + 1,), num_tokens, dtype=torch.int32, device=table.device)
-        kernels.claim_rows_kernel[(triton.cdiv(num_tokens, CLAIM_BLOCK),)](
+        kernels.claim_rows_kernel[(cdiv(num_tokens, CLAIM_BLOCK),)](
             ids, owner, record, num_tokens, table.shape[0], start, total, BLOCK_T=CLAIM_BLOCK, num_warps=4,
         )
-        kernels.renorm_rows_kernel[(triton.cdiv(num_tokens, meta["BLOCK_T"]),)](
+        kernels.renorm_rows_kernel[(cdiv(num_tokens, meta["BLOCK_T"]),)](
             table, ids, owner, num_tokens, dim, table.shape[0], start, float_bits(max_norm), float_bits(norm_type),
             table.stride(0), table.stride(1), NORM_KIND=kind, ACC_DTYPE=acc_dtype, **meta, **options,
         )
