@@ -15,7 +15,7 @@ from typing import Any, Callable
 import triton_embed
 from triton_embed import tuning
 
-from . import host_time, impls, plot, report
+from . import files, host_time, impls, plot, report
 from .cases import Case
 from .runner import CaseResult, Row, run_case
 from .timing import Deadline, Timer, copy_bandwidth
@@ -201,12 +201,12 @@ def write_reports(out: Path, data: dict[str, Any], rows: list[Row], name: str, s
     matplotlib) and ``NAME.json``/``.md``."""
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(data, rows)
-    report.write_json(out / "results.json", data)
+    files.write_json(out / "results.json", data)
     report.write_csv(out / "results.csv", rows)
-    report.write_text(out / "report.md", text)
+    files.write_text(out / "report.md", text)
     written = ["results.json", "results.csv", "report.md"]
     if data.get("host_time"):
-        report.write_text(out / "host_time.csv", host_time.csv_text(data["host_time"]))
+        files.write_text(out / "host_time.csv", host_time.csv_text(data["host_time"]))
         written.append("host_time.csv")
     if draw:
         env = data["environment"]
@@ -220,7 +220,7 @@ def write_reports(out: Path, data: dict[str, Any], rows: list[Row], name: str, s
             except Exception as exc:  # noqa: BLE001 - a broken matplotlib must not lose the figures measured
                 say(f"note: plot.png not drawn ({type(exc).__name__}: {exc})")
     if name:
-        report.write_json(out / f"{name}.json", data)
-        report.write_text(out / f"{name}.md", text)
+        files.write_json(out / f"{name}.json", data)
+        files.write_text(out / f"{name}.md", text)
         written += [f"{name}.json", f"{name}.md"]
     return written

@@ -11,7 +11,7 @@ import torch
 import triton_embed
 from triton_embed import tuning
 
-from . import benchmark, host_time, impls, report
+from . import benchmark, files, host_time, impls, report
 from . import cases as cases_mod
 from .runner import PASSES
 from .summary import format_summary
@@ -186,7 +186,7 @@ def _plan(args: argparse.Namespace) -> int:
     args.time_budget = args.time_budget or device_parts.validate_budget(part.limit_s["gpu"])
     args.no_tune = args.no_tune or "--no-tune" in device_parts.VALIDATE_OPTIONS
     data = plan.build(args, lambda text: print(text, file=sys.stderr, flush=True))
-    sys.stdout.write(report.json_text(data))
+    sys.stdout.write(files.json_text(data))
     sys.stdout.flush()
     verdict = "fits" if data["fits"] and data["device_run"]["fits"] else "DOES NOT FIT"
     print(f"plan: {data['estimated_seconds']:.0f} s of {data['budget_seconds']:.0f} s for --validate; the device "

@@ -9,6 +9,7 @@ brings back into OUT. Standard library only: the first part installs the package
 ``report.md``             the benchmark report (targets, table, configs)
 ``results.csv``           the benchmark rows
 ``tuning-cost.json``      what runtime tuning costs a training step at first use (``tuning_cost``)
+``host-time.json``        host time per call (launches included) and the CPU path, against their peers (``host_time``)
 ========================  ==============================================================================
 
 Another part plugs in as one more :class:`Part` in :data:`PARTS` (and its file, if it writes one: at most
@@ -235,12 +236,33 @@ def read_tuning_cost(ctx: Context, result: dict[str, Any]) -> None:
             result["summary"] = {"error": f"tuning-cost.json unreadable: {exc}"}
 
 
+def host_time_argv(ctx: Context, limit: float) -> list[str]:
+    """Host time per call and the CPU path against their peers, into OUT/host-time.json (CPU: ``--quick``)."""
+    argv = [ctx.python, "-m", "triton_embed.bench.host_time", "--out", str(ctx.out / "host-time.json"),
+            "--time-budget", f"{max(10.0, limit - 15.0):.0f}"]
+    return argv + (["--quick"] if ctx.mode == "cpu" else [])
+
+
+def read_host_time(ctx: Context, result: dict[str, Any]) -> None:
+    """Each row's ratio to its peer and whether its target is met."""
+    path = ctx.out / "host-time.json"
+    if path.exists():
+        try:
+            rows = json.loads(path.read_text()).get("rows", ())
+        except ValueError as exc:
+            result["summary"] = {"error": f"host-time.json unreadable: {exc}"}
+            return
+        result["summary"] = {f"{row['section']}: {row['op']}": {"ratio": row["ratio"], "met": row["met"]}
+                             for row in rows}
+
+
 #: The parts, in order. Another part plugs in here: a name, its command, its limits, and what it leaves.
 PARTS = (
-    Part("install", install_argv, {"gpu": 60.0, "cpu": 120.0}, floor_s=20.0),
-    Part("environment", environment_argv, {"gpu": 30.0, "cpu": 30.0}, floor_s=10.0, after=read_environment),
+    Part("install", install_argv, {"gpu": 45.0, "cpu": 120.0}, floor_s=20.0),
+    Part("environment", environment_argv, {"gpu": 20.0, "cpu": 30.0}, floor_s=10.0, after=read_environment),
     Part("native-tests", tests_argv, {"gpu": 120.0, "cpu": 90.0}, floor_s=30.0, stop=signal.SIGINT,
          output="native-tests.txt", after=read_tests),
     Part("validate", validate_argv, {"gpu": 250.0, "cpu": 150.0}, floor_s=60.0, grace_s=20.0, after=read_validate),
     Part("tuning-cost", tuning_cost_argv, {"gpu": 60.0, "cpu": 60.0}, floor_s=15.0, after=read_tuning_cost),
+    Part("host-time", host_time_argv, {"gpu": 45.0, "cpu": 60.0}, floor_s=15.0, after=read_host_time),
 )

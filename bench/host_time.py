@@ -354,21 +354,34 @@ def profile(op: str, pass_: str, calls: int = 2000, top: int = 25) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m triton_embed.bench.host_time [--quick] [--profile OP PASS]``: measure on this machine (a GPU
-    if there is one) and print the table, or profile one call."""
+    """``python -m triton_embed.bench.host_time [--quick] [--out FILE] [--time-budget S] [--profile OP PASS]``:
+    measure on this machine (a GPU if there is one) and print the table (and write it as JSON), or profile one
+    call."""
     import argparse
+    from pathlib import Path
+
+    from .arguments import positive_float
+    from .files import write_json
 
     parser = argparse.ArgumentParser(prog="python -m triton_embed.bench.host_time", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a third of the rounds")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON into this file")
+    parser.add_argument("--time-budget", type=positive_float, help="seconds at most; rows that do not fit are noted")
     parser.add_argument("--profile", nargs=2, metavar=("OP", "PASS"),
                         help="cProfile one call instead: OP embedding|stable, PASS forward|fwd+bwd")
     args = parser.parse_args(argv)
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"--out: folder {args.out.parent} does not exist")
     if args.profile:
         print(profile(*args.profile))
         return
     device = torch.device("cuda" if torch.cuda.is_available() and not _dispatch.interpreter_enabled() else "cpu")
     torch.set_num_threads(1)
-    print(format_table(measure(device, quick=args.quick)))
+    deadline = Deadline(args.time_budget) if args.time_budget else None
+    result = measure(device, quick=args.quick, deadline=deadline)
+    if args.out is not None:
+        write_json(args.out, result)
+    print(format_table(result))
 
 
 if __name__ == "__main__":

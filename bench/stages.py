@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import report
+from . import files
 from .timing import Deadline, Interrupted
 
 SCHEMA = "triton_embed.validate/1"
@@ -43,7 +43,7 @@ class Record:
 
     def write(self) -> None:
         """Rewrite the file (temporary file + ``os.replace``)."""
-        report.write_json(self.path, self.data)
+        files.write_json(self.path, self.data)
 
 
 @dataclass(frozen=True)

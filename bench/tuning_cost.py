@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--time-budget must be above 0 and at most 3600 s, got {args.time_budget}")
     import torch
 
-    from .report import json_text
+    from .files import json_text
 
     start = time.perf_counter()
     data = on_gpu(args.time_budget) if torch.cuda.is_available() else on_cpu()

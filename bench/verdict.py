@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import files
 from .summary import evaluate, format_summary
 
 
@@ -19,7 +19,7 @@ def stage_record(rows: list[dict[str, Any]], gpu: bool, host_syncs: int | None, 
 
     >>> record = stage_record([], False, None, {"sweep": {"status": "interrupted"}})
     >>> record["not measured"], record["stages_not_done"]
-    (14, ['sweep'])
+    (22, ['sweep'])
     """
     verdicts = evaluate(rows, gpu, host_syncs)
     counts = {s: sum(v["status"] == s for v in verdicts) for s in ("met", "missed", "not measured")}
@@ -41,7 +41,7 @@ def host_syncs_of(sweep: dict[str, Any]) -> int | None:
 
 
 def _loose(value: Any) -> Any:
-    """The inverse of :func:`report.strict` for figures: "nan"/"inf"/"-inf" back to floats.
+    """The inverse of :func:`files.strict` for figures: "nan"/"inf"/"-inf" back to floats.
 
     >>> _loose({"a": "inf", "b": ["nan", "x"]})["a"]
     inf
@@ -74,7 +74,7 @@ def finish_file(path: Path) -> bool:
             stage["ok"] = False
     stages["summary"] = record
     data.update(complete=False, ok=False)
-    report.write_json(path, data)
+    files.write_json(path, data)
     print(format_summary(record["targets"]))
     return True
 

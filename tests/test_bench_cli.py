@@ -161,9 +161,9 @@ def test_every_json_file_is_strict_even_with_non_finite_figures(tmp_path: Path, 
 
 
 def test_write_json_spells_non_finite_floats_as_strings(tmp_path: Path):
-    from triton_embed.bench import report
+    from triton_embed.bench import files
 
-    report.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("-inf"), 1.0], "c": (2, float("inf"))})
+    files.write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("-inf"), 1.0], "c": (2, float("inf"))})
     assert _strict_load(tmp_path / "x.json") == {"a": "nan", "b": ["-inf", 1.0], "c": [2, "inf"]}
 
 
