@@ -2,9 +2,15 @@
 
 One job per file:
 
-- ``bootstrap``: picks GPU or Triton-interpreter mode (re-executing with ``TRITON_INTERPRET=1`` on CPU);
+- ``bootstrap``: picks GPU or Triton-interpreter mode (re-executing with ``TRITON_INTERPRET=1`` on CPU;
+  without it for ``--plan``);
 - ``cli``: the command-line options and the plain run from start to end;
-- ``validate``: ``--validate``'s stages, written into validate.json as each finishes;
+- ``validate``: ``--validate``'s stages; ``stages``: stages run into a record file whatever happens;
+  ``verdict``: the summary stage's record (also written afterwards for a run that was killed);
+- ``plan`` / ``trace``: ``--validate --plan``, the GPU run planned on the CPU from its traced kernel launches;
+  ``compile_ahead``: the compile stage, those specializations compiled in parallel before the run;
+- ``device_run`` / ``device_parts``: the one command for a lent GPU machine and its time-boxed parts;
+- ``tuning_cost``: what runtime tuning at first use costs a training step;
 - ``sweep`` / ``sweep_special``: the correctness sweep of every op, option and dtype (and the > 2³¹ table,
   out-of-range ids, determinism, a CUDA-graph replay);
 - ``cases``: the benchmark shapes and their inputs (Zipf / uniform ids);

@@ -15,12 +15,33 @@ from typing import Any, Callable
 import triton_embed
 from triton_embed import tuning
 
-from . import impls, plot, report
+from . import files, host_time, impls, plot, report
 from .cases import Case
 from .runner import CaseResult, Row, run_case
 from .timing import Deadline, Timer, copy_bandwidth
 
 Say = Callable[[str], None]
+#: Seconds assumed for a torch.compile peer's compiles (forward and backward graphs) of one case on a GPU.
+COMPILE_ESTIMATE_S = {"compile": 60.0, "compile-max": 240.0}
+
+
+def fit_compile_peers(compiled: list[str], left: float, case_estimate: float, estimates: dict[str, float]
+                      ) -> tuple[list[str], list[str]]:
+    """(the torch.compile peers whose compiles fit in ``left`` seconds with the case itself, in order; those
+    that do not). Each peer is judged on its own estimate: a slow mode left out does not take the other.
+
+    >>> fit_compile_peers(["compile", "compile-max"], 100.0, 10.0, {"compile": 60.0, "compile-max": 240.0})
+    (['compile'], ['compile-max'])
+    """
+    kept, left_out, need = [], [], case_estimate
+    for peer in compiled:
+        cost = estimates.get(peer, max(estimates.values(), default=60.0))
+        if need + cost <= left:
+            kept.append(peer)
+            need += cost
+        else:
+            left_out.append(peer)
+    return kept, left_out
 
 
 @dataclass
@@ -37,8 +58,9 @@ class Plan:
     deadline: Deadline = field(default_factory=lambda: Deadline(None))
     #: Seconds kept back from the deadline for writing the reports.
     reserve_s: float = 15.0
-    #: Seconds assumed per torch.compile peer of a case until one has been measured.
-    compile_estimate_s: float = 60.0
+    #: Seconds assumed for each torch.compile peer's compiles on a case until one has been measured (on a
+    #: GPU: default mode tens of seconds, max-autotune minutes); then the last measured one.
+    compile_estimate_s: dict[str, float] = field(default_factory=lambda: dict(COMPILE_ESTIMATE_S))
 
 
 @dataclass
@@ -97,7 +119,7 @@ def run(plan: Plan, timer: Timer, gpu: bool, outcome: Outcome, say: Say,
     """Measure ``plan.cases`` into ``outcome``; ``on_case(outcome)`` after each case (to write partial results)."""
     outcome.copy = copy_bandwidth(timer)
     say(f"copy bandwidth ({'device-to-device' if gpu else 'CPU memory'}): {outcome.copy[0]:.0f} GB/s")
-    deadline, compile_est = plan.deadline, plan.compile_estimate_s
+    deadline, compile_est = plan.deadline, dict(plan.compile_estimate_s)
     durations: dict[str, float] = {}
     selections: dict[tuple[str, tuple[str, ...]], list[impls.Impl]] = {}
     width = len(str(len(plan.cases)))
@@ -113,11 +135,14 @@ def run(plan: Plan, timer: Timer, gpu: bool, outcome: Outcome, say: Say,
             outcome.skipped.append(f"{case.label()}: not run, {max(left, 0):.0f} s left of the time budget")
             say(f"[{n:>{width}}/{len(plan.cases)}] {case.label()}: skipped (time budget)")
             continue
-        if compiled and left < estimate + compile_est * len(compiled):
-            peers = [p for p in peers if p not in compiled]
-            outcome.note(f"{case.label()}: torch.compile peers left out: the time budget could not hold their "
-                         f"compiles (≈{compile_est:.0f} s each)", say)
-            compiled = []
+        compiled, left_out = fit_compile_peers(compiled, left, estimate, compile_est)
+        if left_out:
+            peers = [p for p in peers if p not in left_out]
+            outcome.note(f"{case.label()}: {', '.join(left_out)} left out: the time budget could not hold the "
+                         f"compiles (≈{', '.join(f'{compile_est.get(p, 60.0):.0f}' for p in left_out)} s; "
+                         f"{max(left, 0):.0f} s left)", say)
+            outcome.skipped.append(f"{case.label()}: peers {', '.join(left_out)} not run (their compiles do not fit "
+                                   "the time budget)")
         key = (case.op, tuple(peers))
         if key not in selections:
             selections[key], notes = impls.select(case.op, peers)
@@ -127,9 +152,10 @@ def run(plan: Plan, timer: Timer, gpu: bool, outcome: Outcome, say: Say,
         result = run_case(case, selections[key], plan.passes, timer, outcome.copy[0], time_triton=gpu,
                           verify=plan.verify, rounds=plan.rounds, stop=lambda: deadline.left() < plan.reserve_s)
         elapsed = deadline.clock() - start
-        if compiled:  # what the compiles of this case cost, beyond the case itself
-            compile_est = max(5.0, (elapsed - estimate) / len(compiled))
-        else:
+        for peer in compiled:  # what each mode's compiles cost on this case (its build and first run)
+            if peer in result.prepare_s:
+                compile_est[peer] = max(5.0, result.prepare_s[peer])
+        if not compiled:
             durations[case.op] = elapsed
         outcome.rows += result.rows
         outcome.failures += result.failures
@@ -161,22 +187,27 @@ def progress(result: CaseResult, gpu: bool) -> str:
 
 def build_payload(command: list[str], env: dict[str, Any], method: dict[str, Any], outcome: Outcome,
                   tuned: dict[str, tuning.Config], host_syncs: int | None = None,
-                  complete: bool = True) -> dict[str, Any]:
-    """results.json's content from what was measured so far (``complete``: the run was not cut short)."""
+                  complete: bool = True, host: dict[str, Any] | None = None) -> dict[str, Any]:
+    """results.json's content from what was measured so far (``complete``: the run was not cut short;
+    ``host``: the host-time and CPU-path figures, :func:`host_time.measure`)."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return report.payload(command, env, method, outcome.copy, config_report(tuned), outcome.notes,
-                          outcome.skipped, outcome.rows, outcome.failures, created, host_syncs, complete)
+                          outcome.skipped, outcome.rows, outcome.failures, created, host_syncs, complete, host)
 
 
 def write_reports(out: Path, data: dict[str, Any], rows: list[Row], name: str, say: Say,
                   draw: bool = True) -> list[str]:
-    """results.json, results.csv, report.md, plot.png (``draw``, with matplotlib) and ``NAME.json``/``.md``."""
+    """results.json, results.csv, report.md, host_time.csv (when measured), plot.png (``draw``, with
+    matplotlib) and ``NAME.json``/``.md``."""
     out.mkdir(parents=True, exist_ok=True)
     text = report.markdown(data, rows)
-    report.write_json(out / "results.json", data)
+    files.write_json(out / "results.json", data)
     report.write_csv(out / "results.csv", rows)
-    report.write_text(out / "report.md", text)
+    files.write_text(out / "report.md", text)
     written = ["results.json", "results.csv", "report.md"]
+    if data.get("host_time"):
+        files.write_text(out / "host_time.csv", host_time.csv_text(data["host_time"]))
+        written.append("host_time.csv")
     if draw:
         env = data["environment"]
         title = f"triton_embed on {env['gpu'] or 'CPU (interpreter)'} — torch {env['torch']}, triton {env['triton']}"
@@ -189,7 +220,7 @@ def write_reports(out: Path, data: dict[str, Any], rows: list[Row], name: str, s
             except Exception as exc:  # noqa: BLE001 - a broken matplotlib must not lose the figures measured
                 say(f"note: plot.png not drawn ({type(exc).__name__}: {exc})")
     if name:
-        report.write_json(out / f"{name}.json", data)
-        report.write_text(out / f"{name}.md", text)
+        files.write_json(out / f"{name}.json", data)
+        files.write_text(out / f"{name}.md", text)
         written += [f"{name}.json", f"{name}.md"]
     return written

@@ -23,7 +23,8 @@ def _kernels_imported() -> bool:
 
 
 def ensure_runtime(argv: list[str]) -> str:
-    """Return ``"gpu"`` or ``"interpreter"``; without CUDA, make sure the kernels run under the interpreter.
+    """Return ``"gpu"``, ``"interpreter"`` or ``"plan"``; without CUDA, make sure the kernels run under the
+    interpreter (``--plan``, which traces the compiled kernels' launches: that they do not).
 
     ``TRITON_INTERPRET=1`` already in the environment selects the interpreter run even on a GPU machine.
 
@@ -32,6 +33,16 @@ def ensure_runtime(argv: list[str]) -> str:
     """
     import torch
 
+    if "--plan" in argv:  # traces the compiled kernels' launches: never under the interpreter
+        if not interpreter_on():
+            return "plan"
+        if os.environ.get(REEXEC_MARK):
+            raise SystemExit("triton_embed.bench: could not leave the Triton interpreter for --plan")
+        os.environ.pop("TRITON_INTERPRET")
+        os.environ[REEXEC_MARK] = "1"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "triton_embed.bench", *argv])
     if interpreter_on():  # asked for explicitly (or set by conftest / a re-exec): the interpreter run
         return "interpreter"
     if torch.cuda.is_available():

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,11 +11,12 @@ import torch
 import triton_embed
 from triton_embed import tuning
 
-from . import benchmark, impls, report
+from . import benchmark, files, host_time, impls, report
 from . import cases as cases_mod
 from .runner import PASSES
 from .summary import format_summary
 from .timing import Deadline, Interrupted, Timer, raise_on_term
+from .arguments import check_out_dir, out_dir, positive_float, positive_int, rounds_count
 from .tune import Tuner
 
 #: The plain run's GPU peers. max-autotune-no-cudagraphs compiles cost minutes per shape over the default
@@ -35,47 +35,6 @@ INDEX_CHECK_MODES = ("deferred", "sync", "off")
 #: Default --time-budget of --validate: with start-up and the final writes it stays within 8 minutes.
 VALIDATE_BUDGET_S = 420.0
 _VALIDATE_EXCLUDES = ("vocab", "dim", "tokens", "dtype", "dist", "ops", "pass_", "tune_only", "no_check")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (a shape of 0 or less has nothing to measure)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
-    return value
-
-
-def out_dir(text: str) -> Path:
-    """argparse type: a folder path (an empty one would silently mean the current folder)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("needs a folder path (use . for the current folder)")
-    return Path(text)
-
-
-def check_out_dir(out: Path) -> str | None:
-    """Why results cannot be written to ``out`` (None when they can): checked before any work, so that a
-    long run is never lost at its end. Creates the folder and removes a probe file."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        return f"cannot write results to {str(out)!r}: {exc.strerror or exc}"
-    return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,11 +74,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--index-check", choices=INDEX_CHECK_MODES, default="deferred",
                    help="triton_embed's index check mode while timing (default deferred: what users get, "
                    "no host sync; sync costs one per op)")
-    p.add_argument("--rounds", type=positive_int,
+    p.add_argument("--rounds", type=rounds_count,
                    help="interleaved timing rounds per case (default 3 on a GPU; 1 with --quick or on the CPU)")
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help=f"stop starting cases when this many seconds have passed (default: none; "
                    f"{VALIDATE_BUDGET_S:.0f} with --validate)")
+    p.add_argument("--plan", action="store_true",
+                   help="with --validate: print, as JSON, what the one GPU command's --validate would do on an H100 "
+                   "(stages, their cases and checks, the kernel specializations each compiles, estimated seconds) "
+                   "and whether it fits its time budget, computed here without running a kernel; exit 1 when it "
+                   "does not fit (--time-budget and --rounds replace the command's)")
     p.add_argument("--validate", action="store_true",
                    help="environment, correctness sweep, tuning, benchmark at the LM shapes and the "
                    "performance-target summary, into --out (validate.json written stage by stage); exit 1 on any "
@@ -172,7 +136,11 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
         given = [f"--{name.strip('_').replace('_', '-')}" for name in _VALIDATE_EXCLUDES if getattr(args, name)]
         if given:
             cli.error(f"--validate runs its own shapes and checks: {' '.join(given)} cannot go with it")
+    if args.plan and not args.validate:
+        cli.error("--plan goes with --validate (it plans that run)")
     args.pass_ = args.pass_ or "both"
+    if args.plan or mode == "plan":
+        return _plan(args)
     if not args.tune_only:
         problem = check_out_dir(args.out)
         if problem:
@@ -181,6 +149,11 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
     if not gpu and not triton_embed.interpreter_enabled():
         say("error: no GPU and TRITON_INTERPRET is off: run `python -m triton_embed.bench` (it sets it)")
         return 2
+    if gpu and not args.no_tune:  # the tuning writes the cache: a file it cannot extend is said before any work
+        try:
+            tuning.read_cache()
+        except RuntimeError as exc:
+            cli.error(str(exc))
     restore = raise_on_term()
     threads = torch.get_num_threads()
     backend = triton_embed.get_backend()
@@ -201,6 +174,25 @@ def main(argv: list[str] | None = None, mode: str | None = None) -> int:
         restore()
         torch.set_num_threads(threads)
         triton_embed.set_backend(backend)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Print the plan of ``--validate`` on an H100 as strict JSON (progress on stderr); 1 when it does not fit.
+    It plans the run as the one GPU command makes it (``device_parts``: its options and time budget);
+    --time-budget and --rounds given here replace theirs."""
+    from . import device_parts, plan
+
+    part = next(p for p in device_parts.PARTS if p.name == "validate")
+    args.time_budget = args.time_budget or device_parts.validate_budget(part.limit_s["gpu"])
+    args.no_tune = args.no_tune or "--no-tune" in device_parts.VALIDATE_OPTIONS
+    data = plan.build(args, lambda text: print(text, file=sys.stderr, flush=True))
+    sys.stdout.write(files.json_text(data))
+    sys.stdout.flush()
+    verdict = "fits" if data["fits"] and data["device_run"]["fits"] else "DOES NOT FIT"
+    print(f"plan: {data['estimated_seconds']:.0f} s of {data['budget_seconds']:.0f} s for --validate; the device "
+          f"run {data['device_run']['estimated_seconds']:.0f} s of {data['device_run']['budget_seconds']:.0f} s: "
+          f"{verdict}", file=sys.stderr)
+    return 0 if data["fits"] and data["device_run"]["fits"] else 1
 
 
 def default_peers(args: argparse.Namespace, gpu: bool, validate: bool = False) -> list[str]:
@@ -268,14 +260,20 @@ def _run(args: argparse.Namespace, argv: list[str], gpu: bool) -> int:
                                 done.rows, "", say, draw=False)
 
     complete = False
+    host: dict | None = None
     try:
         benchmark.run(plan, timer, gpu, outcome, say, on_case=partial)
+        say("host time per call (tiny shape) and the CPU path (mid shape), against their peers ...")
+        host = host_time.measure(device, quick=args.quick, deadline=deadline,
+                                 bitsandbytes="bitsandbytes" in plan.peers)
         complete = True
     finally:  # also when interrupted: what was measured is written, marked incomplete
-        data = benchmark.build_payload(command, env, method, outcome, tuned, complete=complete)
+        data = benchmark.build_payload(command, env, method, outcome, tuned, complete=complete, host=host)
         written = benchmark.write_reports(args.out, data, outcome.rows, name, say)
     say("")
     say(report.format_table(outcome.rows))
+    say("")
+    say(host_time.format_table(host))
     say("")
     say("kernel configs (source):")
     for line in report.config_lines(data["configs"]):

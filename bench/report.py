@@ -4,11 +4,9 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import io
-import json
 import os
 import platform
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,8 @@ import triton
 import triton_embed
 from triton_embed import tuning
 
-from . import bytes_model, summary
+from . import bytes_model, host_time, summary
+from .files import write_text
 from .impls import OURS, PEERS, speedup_field
 from .runner import Row, column_names
 
@@ -26,11 +25,9 @@ SCHEMA_VERSION = 2
 #: Top-level keys of results.json.
 JSON_KEYS = (
     "schema", "created", "command", "environment", "methodology", "copy_bandwidth_gbps", "copy_bytes",
-    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "targets", "failures", "checked",
-    "complete", "ok",
+    "bytes_models", "configs", "cache_path", "notes", "skipped", "rows", "host_time", "targets", "failures",
+    "checked", "complete", "ok",
 )
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 SHORT = {"reference": "ref", "bitsandbytes": "bnb", "compile": "cmp", "compile-max": "cmp-max", "liger": "liger"}
 
 
@@ -133,9 +130,11 @@ def payload(
     command: list[str], env: dict[str, Any], methodology: dict[str, Any], copy: tuple[float, int],
     configs: dict[str, dict[str, Any]], notes: list[str], skipped: list[str], rows: list[Row],
     failures: list[str], created: str, host_syncs: int | None = None, complete: bool = True,
+    host: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything results.json holds. ``checked``: triton_embed rows compared with the oracle; ``complete``:
-    the run was not cut short; ``ok``: complete and no mismatch."""
+    the run was not cut short; ``ok``: complete and no mismatch. ``host``: :func:`host_time.measure`'s result
+    (``host_time``; None where it did not run)."""
     row_dicts = [r.as_dict() for r in rows]
     data = {
         "schema": SCHEMA_VERSION,
@@ -157,7 +156,8 @@ def payload(
         "notes": notes,
         "skipped": skipped,
         "rows": row_dicts,
-        "targets": summary.evaluate(row_dicts, env["mode"] == "gpu", host_syncs),
+        "host_time": host,
+        "targets": summary.evaluate(row_dicts, env["mode"] == "gpu", host_syncs, host),
         "failures": failures,
         "checked": sum(1 for r in rows if r.impl == OURS and r.ok is not None),
         "complete": complete,
@@ -165,25 +165,6 @@ def payload(
     }
     assert tuple(data) == JSON_KEYS
     return data
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically (a temporary file in the same folder, then ``os.replace``)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """A JSON file, written atomically."""
-    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:
@@ -214,6 +195,8 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
         f"**{data['copy_bandwidth_gbps']:.0f} GB/s** — the ceiling for the % copy column."
     )
     out += ["", "## Performance targets", ""] + summary.markdown(data["targets"])
+    if data.get("host_time"):
+        out += [""] + host_time.markdown(data["host_time"])
     if data["notes"]:
         out += ["", "## Notes", ""] + [f"- {note}" for note in data["notes"]]
     if data["skipped"]:

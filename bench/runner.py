@@ -2,6 +2,7 @@
 rounds of timings (``rounds``), then the derived figures (bytes, GB/s, % of copy, speed-ups)."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -80,6 +81,8 @@ class CaseResult:
     case: Case
     rows: list[Row] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: Seconds each implementation took to build, check and warm up (torch.compile: its compiles).
+    prepare_s: dict[str, float] = field(default_factory=dict)
 
 
 def _resets(module: torch.nn.Module, inputs: Inputs) -> list[torch.Tensor]:
@@ -154,12 +157,15 @@ def run_case(
         impl_rows = [Row(pass_=p, impl=impl.name, **base) for p in passes]
         result.rows.extend(impl_rows)
         rows.update({(impl.name, r.pass_): r for r in impl_rows})
+        start = time.perf_counter()
         try:
             module = _prepare(impl, case, inputs, impl_rows, result, reference, exact)
         except Exception as exc:  # noqa: BLE001 - one implementation failing must not hide the others' figures
             _fail(impl, case, impl_rows, result, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
             free_memory(device)
             continue
+        finally:
+            result.prepare_s[impl.name] = time.perf_counter() - start
         if time_triton or not impl.triton:
             modules[impl.name] = module
         else:

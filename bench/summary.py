@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import host_time
 from .cases import LM_DIMS, LM_VOCABS, TABLE_OPS
 
 OURS = "triton_embed"
@@ -58,6 +59,10 @@ TARGETS = (
            ("forward", "backward", "fwd+bwd"), "pct_copy", 80.0),
     Target("host-syncs", "Host syncs per training step (CUDA-graph capture of a step)", None, (), "syncs", 0.0,
            at_most=True),
+    # The cost around the kernels (``host_time``): ours / the peer's, per call.
+    *(Target(t.key, ("Host time per call, " if t.section == "host" else "The CPU path, ") + t.title
+             + f" vs {t.peer}", t.op, (t.pass_,), "host", t.bound, lm_only=False, at_most=True)
+      for t in host_time.TARGETS),
 )
 
 
@@ -107,15 +112,20 @@ def _case_key(row: dict[str, Any]) -> tuple:
 def _fmt(target: Target, value: float) -> str:
     if target.metric in ("pct_copy", "memory"):
         return f"{value:.0f}%"
+    if target.metric == "host":
+        return f"{value:.2f}x"
     if target.metric == "syncs":
         return f"{value:.0f}"
     return f"{value:.2f}x"
 
 
-def evaluate(rows: list[dict[str, Any]], gpu: bool, host_syncs: int | None = None) -> list[dict[str, Any]]:
+def evaluate(rows: list[dict[str, Any]], gpu: bool, host_syncs: int | None = None,
+             host: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every target's verdict: ``status`` "met", "missed" or "not measured", the worst value and its case.
     ``host_syncs``: from the correctness sweep's CUDA-graph capture of a training step: 0 when it captured
-    and replayed right (a host sync breaks a capture), 1 when it failed, None when it did not run."""
+    and replayed right (a host sync breaks a capture), 1 when it failed, None when it did not run.
+    ``host``: :func:`host_time.measure`'s result (the host-time and CPU-path targets; None: not measured)."""
+    host_rows = {row["key"]: row for row in (host or {}).get("rows", [])}
     peers: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         if row["impl"] != OURS:
@@ -127,6 +137,9 @@ def evaluate(rows: list[dict[str, Any]], gpu: bool, host_syncs: int | None = Non
                                    "case": None, "against": None, "status": "not measured", "shortfall_pct": None}
         if target.metric == "syncs":
             candidates = [] if host_syncs is None else [(float(host_syncs), "training step", "CUDA graph")]
+        elif target.metric == "host":
+            row = host_rows.get(target.key)
+            candidates = [] if row is None else [(row["ratio"], row["shape"], row["peer"])]
         else:
             candidates = []
             for row in rows:
@@ -142,6 +155,8 @@ def evaluate(rows: list[dict[str, Any]], gpu: bool, host_syncs: int | None = Non
         if not candidates:
             if target.metric == "syncs":
                 verdict["note"] = "the CUDA-graph check needs a GPU" if not gpu else "the CUDA-graph check did not run"
+            elif target.metric == "host":
+                verdict["note"] = "host time not measured in this run"
             else:
                 verdict["note"] = "no GPU: triton_embed is not timed" if not gpu else "no row measured it"
             verdicts.append(verdict)

@@ -53,6 +53,10 @@ class Failed(Exception):
     """A check's property did not hold (the message says which)."""
 
 
+class NotRun(Exception):
+    """A check that cannot run here: recorded as skipped, with this message as its note."""
+
+
 @dataclass(frozen=True)
 class Data:
     """One sweep shape's inputs on the device (CPU-drawn ids, device tensors)."""
@@ -123,6 +127,8 @@ class Sweep:
                 record = Check(name, True, err, tol, note=note)
             except Failed as exc:
                 record = Check(name, False, note=str(exc)[:500])
+            except NotRun as exc:
+                record = Check(name, None, note=str(exc))
             except Exception as exc:  # noqa: BLE001 - an error is a failed check; the sweep goes on
                 record = Check(name, False, note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                                if str(exc) else type(exc).__name__)
@@ -240,43 +246,51 @@ def layer_norm_check(rows: int, dim: int, dtype: torch.dtype, device: torch.devi
     return compare(pairs)
 
 
-def run_sweep(device: torch.device, quick: bool, deadline: Deadline, say: Callable[[str], None]) -> dict[str, Any]:
-    """Every check, in order; the stage record (``ok`` False if any check failed)."""
+CheckFn = Callable[[], tuple[float, float, str]]
+
+
+def checks(device: torch.device, quick: bool, gpu: bool, notes: list[str]) -> Iterator[tuple[str, CheckFn]]:
+    """Every check of the sweep as (name, function), in order; a dtype's data is made when its checks come.
+    ``gpu``: the GPU's shapes and GPU-only checks (the plan walks them on the CPU, launches traced)."""
     from . import sweep_special
 
-    gpu = device.type == "cuda"
     shape = GPU_SHAPE if gpu else CPU_SHAPE
-    sweep = Sweep(deadline, say)
     dtypes = QUICK_DTYPES if quick else tuple(DTYPES)
-    notes = [f"shape V={shape[0]} D={shape[1]} N={shape[2]}, Zipf ids; dtypes {', '.join(dtypes)}"]
+    notes.append(f"shape V={shape[0]} D={shape[1]} N={shape[2]}, Zipf ids; dtypes {', '.join(dtypes)}")
+    for name in dtypes:
+        d = make_data(shape, DTYPES[name], device)
+        yield f"embedding/{name}", lambda d=d: embedding_check(d)
+        yield (f"embedding/{name}/padding+scale_grad_by_freq",
+               lambda d=d: embedding_check(d, padding_idx=int(d.ids[0]), scale=True))
+        if not quick:
+            yield (f"embedding/{name}/int32-2d-ids+padding",
+                   lambda d=d: embedding_check(d, padding_idx=-1, int32=True, two_d=True))
+        if name in QUICK_DTYPES:
+            yield f"embedding/{name}/sparse+padding", lambda d=d: embedding_check(d, padding_idx=int(d.ids[1]), sparse=True)
+            for p in ((2.0,) if quick else (1.0, 2.0, math.inf, 3.0)):
+                yield f"renorm/{name}/p={p:g}", lambda d=d, p=p: renorm_check(d, p)
+        yield f"stable/{name}", lambda d=d: stable_check(d)
+        yield (f"stable/{name}/padding+scale_grad_by_freq",
+               lambda d=d: stable_check(d, padding_idx=int(d.ids[0]), scale=True))
+        if name == "float32":
+            yield f"stable/{name}/sparse", lambda d=d: stable_check(d, sparse=True)
+        yield f"layer_norm/{name}", lambda name=name: layer_norm_check(shape[2], shape[1], DTYPES[name], device)
+        if name in QUICK_DTYPES and not quick:
+            yield (f"layer_norm/{name}/no-affine",
+                   lambda name=name: layer_norm_check(shape[2], shape[1], DTYPES[name], device, affine=False))
+    if gpu and not quick:
+        for name in QUICK_DTYPES:  # rows wider than the widest register block: streamed in pieces
+            yield f"layer_norm/{name}/D=8392", lambda name=name: layer_norm_check(512, 8392, DTYPES[name], device)
+    yield from sweep_special.checks(device, shape, quick, gpu, notes)
+
+
+def run_sweep(device: torch.device, quick: bool, deadline: Deadline, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every check, in order; the stage record (``ok`` False if any check failed)."""
+    sweep = Sweep(deadline, say)
+    notes: list[str] = []
     with sweep_settings():
-        for name in dtypes:
-            d = make_data(shape, DTYPES[name], device)
-            sweep.run(f"embedding/{name}", lambda: embedding_check(d))
-            sweep.run(f"embedding/{name}/padding+scale_grad_by_freq",
-                      lambda: embedding_check(d, padding_idx=int(d.ids[0]), scale=True))
-            if not quick:
-                sweep.run(f"embedding/{name}/int32-2d-ids+padding",
-                          lambda: embedding_check(d, padding_idx=-1, int32=True, two_d=True))
-            if name in QUICK_DTYPES:
-                sweep.run(f"embedding/{name}/sparse+padding",
-                          lambda: embedding_check(d, padding_idx=int(d.ids[1]), sparse=True))
-                for p in ((2.0,) if quick else (1.0, 2.0, math.inf, 3.0)):
-                    sweep.run(f"renorm/{name}/p={p:g}", lambda p=p: renorm_check(d, p))
-            sweep.run(f"stable/{name}", lambda: stable_check(d))
-            sweep.run(f"stable/{name}/padding+scale_grad_by_freq",
-                      lambda: stable_check(d, padding_idx=int(d.ids[0]), scale=True))
-            if name == "float32":
-                sweep.run(f"stable/{name}/sparse", lambda: stable_check(d, sparse=True))
-            sweep.run(f"layer_norm/{name}", lambda: layer_norm_check(shape[2], shape[1], DTYPES[name], device))
-            if name in QUICK_DTYPES and not quick:
-                sweep.run(f"layer_norm/{name}/no-affine",
-                          lambda: layer_norm_check(shape[2], shape[1], DTYPES[name], device, affine=False))
-        if gpu and not quick:
-            for name in QUICK_DTYPES:  # rows wider than the widest register block: streamed in pieces
-                sweep.run(f"layer_norm/{name}/D=8392",
-                          lambda name=name: layer_norm_check(512, 8392, DTYPES[name], device))
-        notes += sweep_special.run_all(sweep, device, shape, quick)
+        for name, fn in checks(device, quick, device.type == "cuda", notes):
+            sweep.run(name, fn)
     result = sweep.result()
     result["notes"] = notes
     return result

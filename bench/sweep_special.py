@@ -12,7 +12,7 @@ import triton_embed
 from triton_embed import functional, reference, tuning
 
 from .cases import LAYER_NORM_EPS
-from .sweep import Check, Data, Failed, Sweep, compare, make_data
+from .sweep import Data, Failed, NotRun, compare, make_data
 
 #: The table of more than 2³¹ elements on a GPU (bfloat16, 4.3 GB, and as much again for its gradient),
 #: and its small stand-in under the interpreter.
@@ -21,10 +21,10 @@ BIG_CPU = (2**9 + 1, 40)
 BAD_IDS = (-1, "V", 2**40)
 
 
-def big_table_check(device: torch.device) -> tuple[float, float, str]:
-    """Rows near the end of a bf16 table of V·D > 2³¹ elements: gathered exactly (lookup and fused
-    StableEmbedding forward), and their gradient rows exactly the sums of small exact values."""
-    vocab, dim = BIG_GPU if device.type == "cuda" else BIG_CPU
+def big_table_check(device: torch.device, size: tuple[int, int]) -> tuple[float, float, str]:
+    """Rows near the end of a bf16 table of ``size`` = (V, D), V·D > 2³¹ on a GPU: gathered exactly (lookup and
+    fused StableEmbedding forward), and their gradient rows exactly the sums of small exact values."""
+    vocab, dim = size
     try:
         err, tol = _big_table(device, vocab, dim)
     finally:  # the table and its gradient are gone once _big_table returns
@@ -159,21 +159,14 @@ def cuda_graph_check(device: torch.device) -> tuple[float, float, str]:
     """A training step (StableEmbedding → Linear → cross-entropy → Adam) captured in a CUDA graph and
     replayed on new batches matches the same steps run eagerly: no host sync in it (one breaks a capture)."""
     torch.manual_seed(0)
-    models = [torch.nn.Sequential(triton_embed.StableEmbedding(1000, 64, padding_idx=0),
-                                  torch.nn.Linear(64, 1000)).to(device) for _ in range(2)]
+    models = [_graph_model(device) for _ in range(2)]
     eager, graphed = models
     graphed.load_state_dict(eager.state_dict())
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3, capturable=True) for m in models]
     batches = [(torch.randint(0, 1000, (4, 32), device=device), torch.randint(0, 1000, (4, 32), device=device))
                for _ in range(4)]
     ids, targets = batches[0][0].clone(), batches[0][1].clone()
-
-    def step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        opt.zero_grad(set_to_none=False)
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        opt.step()
-        return loss
+    step = _step
 
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -203,11 +196,34 @@ def cuda_graph_check(device: torch.device) -> tuple[float, float, str]:
     return max(worst, params), 1e-4, "4 replays of a captured training step match eager steps"
 
 
-def run_all(sweep: Sweep, device: torch.device, shape: tuple[int, int, int], quick: bool) -> list[str]:
-    """Run the special checks into ``sweep``; notes for the stage record."""
-    notes = []
-    gpu = device.type == "cuda"
-    sweep.run("big_table", lambda: big_table_check(device))
+def _graph_model(device: torch.device) -> torch.nn.Module:
+    """The CUDA-graph check's model: StableEmbedding → Linear."""
+    return torch.nn.Sequential(triton_embed.StableEmbedding(1000, 64, padding_idx=0), torch.nn.Linear(64, 1000)).to(device)
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One training step (cross-entropy, backward, the optimizer)."""
+    opt.zero_grad(set_to_none=False)
+    loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def training_step(device: torch.device) -> tuple[float, float, str]:
+    """The CUDA-graph check's training step, run once eagerly (the plan traces its launches on the CPU)."""
+    torch.manual_seed(0)
+    model = _graph_model(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randint(0, 1000, (4, 32), device=device), torch.randint(0, 1000, (4, 32), device=device)
+    return float(_step(model, opt, x, y).detach()), 0.0, "eager"
+
+
+def checks(device: torch.device, shape: tuple[int, int, int], quick: bool, gpu: bool, notes: list[str]
+           ) -> Iterator[tuple[str, Callable[[], tuple[float, float, str]]]]:
+    """The special checks as (name, function), in order; the CUDA-graph check on a GPU only (elsewhere it is
+    listed with a function that says it was skipped)."""
+    yield "big_table", lambda: big_table_check(device, BIG_GPU if gpu else BIG_CPU)
     if not gpu:
         notes.append(f"big_table: V={BIG_CPU[0]} D={BIG_CPU[1]} stands in for V·D > 2³¹ (a GPU's memory needed)")
     paths = ("gather",) if quick else ("gather", "renorm", "stable_forward")
@@ -216,14 +232,18 @@ def run_all(sweep: Sweep, device: torch.device, shape: tuple[int, int, int], qui
             for bad in BAD_IDS:
                 value = 50 if bad == "V" else bad
                 label = "2^40" if bad == 2**40 else bad
-                sweep.run(f"out_of_range/{path}/{mode}/{label}",
-                          lambda: out_of_range_check(device, path, mode, value))
+                yield (f"out_of_range/{path}/{mode}/{label}",
+                       lambda path=path, mode=mode, value=value: out_of_range_check(device, path, mode, value))
     d = make_data(shape, torch.bfloat16, device, seed=5)
     for op in ("embedding", "stable", "layer_norm"):
-        sweep.run(f"deterministic/{op}/bfloat16", lambda: determinism_check(op, d))
+        yield f"deterministic/{op}/bfloat16", lambda op=op: determinism_check(op, d)
     if gpu:
-        sweep.run("cuda_graph/training_step", lambda: cuda_graph_check(device))
+        yield "cuda_graph/training_step", lambda: cuda_graph_check(device)
     else:
-        sweep.checks.append(Check("cuda_graph/training_step", None, note="skipped: needs a GPU"))
         notes.append("cuda_graph: skipped (needs a GPU)")
-    return notes
+        yield "cuda_graph/training_step", skipped_without_gpu
+
+
+def skipped_without_gpu() -> tuple[float, float, str]:
+    """The CUDA-graph check off a GPU."""
+    raise NotRun("skipped: needs a GPU")

@@ -17,12 +17,9 @@ its time budget, by ``timeout`` (SIGTERM) or by a kill — leaves every figure i
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import subprocess
 import time
-import traceback
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -30,68 +27,18 @@ import torch
 import triton_embed
 from triton_embed import tuning
 
-from . import benchmark, report
+from . import benchmark, report, verdict
 from . import cases as cases_mod
 from .runner import PASSES
-from .summary import evaluate, format_summary
-from .timing import Deadline, Interrupted, Timer
+from .summary import format_summary
+from .stages import SCHEMA, Record, Stage, run_stages  # noqa: F401  (validate.json's schema, for readers)
+from .timing import Deadline, Timer
 
-SCHEMA = "triton_embed.validate/1"
-STAGES = ("environment", "sweep", "tuning", "benchmark", "summary")
-#: Shares of the time budget the sweep and the tuning may take at most (the rest is the benchmark's).
-SWEEP_SHARE, TUNING_SHARE = 0.35, 0.25
+STAGES = ("environment", "compile", "sweep", "tuning", "benchmark", "summary")
+#: Shares of the time budget the compile-ahead, the sweep and the tuning may take at most (the rest is the
+#: benchmark's).
+COMPILE_SHARE, SWEEP_SHARE, TUNING_SHARE = 0.2, 0.35, 0.25
 Say = Callable[[str], None]
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class Record:
-    """validate.json in memory, rewritten atomically after every change."""
-
-    def __init__(self, path: Path, command: list[str]) -> None:
-        self.path = path
-        self.data: dict[str, Any] = {"schema": SCHEMA, "command": command, "started": _now(), "finished": None,
-                                     "environment": {}, "stages": {}, "ok": True, "complete": False}
-        self.write()
-
-    def stage(self, name: str, result: dict[str, Any]) -> None:
-        """Store a stage's record (finished or in progress) and write the file."""
-        self.data["stages"][name] = result
-        if result.get("ok") is False:
-            self.data["ok"] = False
-        self.write()
-
-    def write(self) -> None:
-        """Rewrite the file (temporary file + ``os.replace``)."""
-        report.write_json(self.path, self.data)
-
-
-def run_stages(stages: list[tuple[str, Callable[[], dict[str, Any]]]], record: Record, say: Say) -> None:
-    """Run each stage and record it; an error fails that stage, never the later ones. An
-    :class:`Interrupted` marks the running stage interrupted, writes the file and propagates."""
-    for name, fn in stages:
-        say(f"== {name}")
-        start = time.perf_counter()
-        try:
-            result = fn()
-        except Interrupted:
-            partial = dict(record.data["stages"].get(name) or {})
-            partial.update(ok=False, status="interrupted", seconds=round(time.perf_counter() - start, 2))
-            record.data["finished"] = _now()
-            record.stage(name, partial)
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failing stage must not lose the others
-            say(f"  stage {name} failed: {type(exc).__name__}: {exc}")
-            result = {"ok": False, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:1000],
-                      "traceback": traceback.format_exc()[-3000:]}
-        result.setdefault("status", "done")
-        result["seconds"] = round(time.perf_counter() - start, 2)
-        record.stage(name, result)
-    record.data["complete"] = True
-    record.data["finished"] = _now()
-    record.write()
 
 
 def environment(gpu: bool, index_check: str) -> dict[str, Any]:
@@ -132,10 +79,11 @@ class Validation:
         self.host_syncs: int | None = None
         self.env: dict[str, Any] = {}
 
-    def stages(self) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-        """(name, function) of every stage, in order."""
-        return [("environment", self.environment), ("sweep", self.sweep), ("tuning", self.tuning),
-                ("benchmark", self.benchmark), ("summary", self.summary)]
+    def stages(self) -> list[Stage]:
+        """Every stage, in order; the summary runs whatever happened before it."""
+        return [Stage("environment", self.environment), Stage("compile", self.compile), Stage("sweep", self.sweep),
+                Stage("tuning", self.tuning), Stage("benchmark", self.benchmark),
+                Stage("summary", self.summary, always=True)]
 
     def environment(self) -> dict[str, Any]:
         self.env = environment(self.gpu, self.args.index_check)
@@ -147,22 +95,40 @@ class Validation:
             torch.set_num_threads(1)
         return {"ok": True, **self.env}
 
+    def compile(self) -> dict[str, Any]:
+        if not self.gpu:
+            return {"ok": True, "specializations": 0,
+                    "notes": ["no GPU: the kernels run under the interpreter, nothing is compiled"]}
+        from . import compile_ahead, run_trace
+
+        limit = Deadline(min(self.deadline.left(), COMPILE_SHARE * self.budget))
+        start = time.perf_counter()
+        try:
+            traced = run_trace.trace_run(self.cases, self.args.quick, self.args.no_tune)
+            trace_s = time.perf_counter() - start
+            self.say(f"  traced {len(traced.trace.specs)} kernel specializations of the stages below in {trace_s:.1f} s")
+            return {**compile_ahead.compile_all(list(traced.trace.specs.values()), limit, self.say),
+                    "trace_seconds": round(trace_s, 1)}
+        except Exception as exc:  # noqa: BLE001 - compiling ahead only saves time: its failure fails nothing
+            self.say(f"  compile ahead failed ({type(exc).__name__}: {exc}): the stages compile at first use")
+            return {"ok": True, "error": f"{type(exc).__name__}: {exc}"[:1000],
+                    "notes": ["compiling ahead failed: each specialization compiles at its first launch"]}
+
     def sweep(self) -> dict[str, Any]:
         from .sweep import run_sweep
 
         limit = Deadline(min(self.deadline.left(), SWEEP_SHARE * self.budget))
         result = run_sweep(self.device, self.args.quick, limit, self.say)
-        graph = next((c for c in result["checks"] if c["name"].startswith("cuda_graph")), None)
-        if graph is not None and graph["ok"] is not None:
-            self.host_syncs = 0 if graph["ok"] else 1
+        self.host_syncs = verdict.host_syncs_of(result)
         self.say(f"  {result['passed']} checks passed, {len(result['failed'])} failed, {result['skipped']} skipped")
         return result
 
     def tuning(self) -> dict[str, Any]:
         from .cli import tune_cases
 
-        if self.args.no_tune:
-            return {"ok": True, "status": "skipped", "notes": ["--no-tune: cached or default configs"]}
+        if self.args.no_tune:  # whatever TRITON_EMBED_AUTOTUNE says: no tuning mid-case either
+            os.environ["TRITON_EMBED_AUTOTUNE"] = "0"
+            return {"ok": True, "keys": 0, "notes": ["not tuned (--no-tune): the cached or default configs run"]}
         limit = Deadline(min(self.deadline.left() - 60.0, TUNING_SHARE * self.budget))
         tuner, notes = tune_cases(self.cases, self.device, limit)
         self.tuned = tuner.written
@@ -190,17 +156,19 @@ class Validation:
         name = self.args.name if self.args.name is not None else (report.slug(env["gpu"]) if self.gpu else "")
         tuning.forget_choices()  # from here on, chosen_configs() is what the measured launches used
 
-        def partial(done: benchmark.Outcome, draw: bool = False, slug: str = "") -> list[str]:
-            data = benchmark.build_payload(self.command, env, method, done, self.tuned, self.host_syncs)
+        def partial(done: benchmark.Outcome, draw: bool = False, slug: str = "", complete: bool = False) -> list[str]:
+            data = benchmark.build_payload(self.command, env, method, done, self.tuned, self.host_syncs, complete)
             written = benchmark.write_reports(self.args.out, data, done.rows, slug, self.say, draw=draw)
             self.record.stage("benchmark", {**self._bench_record(data), "ok": not done.failures,
                                             "status": "running", "files": written})
             return written
 
+        complete = False
         try:
             benchmark.run(plan, timer, self.gpu, self.outcome, self.say, on_case=partial)
-        finally:
-            written = partial(self.outcome, draw=True, slug=name)
+            complete = True
+        finally:  # also when interrupted: the files say whether the run was cut short
+            written = partial(self.outcome, draw=True, slug=name, complete=complete)
         data = benchmark.build_payload(self.command, env, method, self.outcome, self.tuned, self.host_syncs)
         for line in report.config_lines(data["configs"]):
             self.say(f"  config {line}")
@@ -212,10 +180,11 @@ class Validation:
 
     def summary(self) -> dict[str, Any]:
         rows = [r.as_dict() for r in self.outcome.rows]
-        verdicts = evaluate(rows, self.gpu, self.host_syncs)
-        self.say(format_summary(verdicts))
-        counts = {s: sum(v["status"] == s for v in verdicts) for s in ("met", "missed", "not measured")}
-        return {"ok": True, "targets": verdicts, **counts}
+        result = verdict.stage_record(rows, self.gpu, self.host_syncs, self.record.data["stages"])
+        self.say(format_summary(result["targets"]))
+        if result["stages_not_done"]:
+            self.say(f"  (stages not done: {', '.join(result['stages_not_done'])}: the verdict covers what ran)")
+        return result
 
 
 def run_validate(args: argparse.Namespace, argv: list[str], gpu: bool, say: Say = print) -> int:
@@ -233,7 +202,7 @@ def run_validate(args: argparse.Namespace, argv: list[str], gpu: bool, say: Say 
     index_mode = triton_embed.index_check_mode()
     validation = Validation(args, argv, gpu, out)
     try:
-        run_stages(validation.stages(), validation.record, out)
+        run_stages(validation.stages(), validation.record, out, validation.deadline)
     finally:
         triton_embed.set_index_check(index_mode)
         if autotune is None:

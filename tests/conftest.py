@@ -61,3 +61,15 @@ def _poison_outputs():
     _dispatch.set_poison(True)
     yield
     _dispatch.set_poison(False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``multi_gpu`` tests on a machine with CUDA but fewer than two GPUs: skipped, saying why (on the CPU they
+    run, with gloo)."""
+    if not HAS_CUDA or torch.cuda.device_count() >= 2:
+        return
+    skip = pytest.mark.skip(reason=f"needs 2 CUDA GPUs (NCCL, one rank per GPU); this machine has "
+                                   f"{torch.cuda.device_count()}")
+    for item in items:
+        if "multi_gpu" in item.keywords:
+            item.add_marker(skip)

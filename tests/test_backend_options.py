@@ -12,7 +12,7 @@ import torch
 
 import triton_embed
 from triton_embed import functional
-from triton_embed.ops import tiles
+from triton_embed.ops import plans, tiles
 
 
 def _option_fields(backend: str) -> set[str]:
@@ -62,6 +62,7 @@ def _run_every_op(device) -> None:
 @pytest.mark.parametrize("backend", ["hip", "cuda"])
 def test_every_launch_passes_options_its_backend_knows(device, launches, monkeypatch, backend):
     monkeypatch.setattr(tiles, "gpu_backend", lambda: backend)
+    monkeypatch.setattr(plans, "_plans", {})  # launch plans remember the options of the backend they met
     _run_every_op(device)
     names = {name for name, _ in launches}
     assert {"gather_rows_kernel", "claim_rows_kernel", "renorm_rows_kernel", "layer_norm_fwd_kernel",

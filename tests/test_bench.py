@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from triton_embed import tuning
-from triton_embed.bench import cases, check, cli, report, runner, summary, tune
+from triton_embed.bench import cases, check, cli, host_time, report, runner, summary, tune
 from triton_embed.bench.timing import _quantile
 
 HAS_CUDA = torch.cuda.is_available()
@@ -37,6 +37,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 # --- the CLI end to end -------------------------------------------------------------------------------------
 
+@pytest.mark.host_only
 def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # Peers: the reference path only (no torch.compile warm-up, no multi-second bitsandbytes import).
@@ -90,7 +91,14 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
         assert next(reader) == runner.column_names()
         assert len(list(reader)) == len(rows)
 
+    host = data["host_time"]  # host time per call and the CPU path, beside the peers
+    assert [r["key"] for r in host["rows"]] == [t.key for t in host_time.TARGETS]
+    assert host["launches"] == ("real" if HAS_CUDA else "stubbed")
+    assert (out / "host_time.csv").read_text().count("\n") == len(host["rows"]) + 1
+    assert "host time" in proc.stdout and "CPU path" in proc.stdout
+
     md = (out / "report.md").read_text()
+    assert "## Host time per call and the CPU path" in md
     assert "| case | pass | impl | median ms |" in md
     assert md.count("\n| ") >= len(rows) + 1
     for heading in ("## Results", "## Bytes models", "## Kernel configs", "Copy bandwidth", "## Performance targets"):
@@ -100,6 +108,7 @@ def test_cli_quick_end_to_end(tmp_path: Path) -> None:
     assert (out / "plot.png").exists() == matplotlib_available()
 
 
+@pytest.mark.host_only
 def test_cli_exits_1_when_a_kernel_disagrees(monkeypatch, tmp_path: Path, capsys) -> None:
     """A wrong kernel result is a failure: the process exits 1 (run in-process, the interpreter is on)."""
     if HAS_CUDA:

@@ -195,8 +195,35 @@ def test_cases_that_do_not_fit_the_time_budget_are_skipped_with_a_note(monkeypat
                           deadline=Deadline(75.0, clock=lambda: now[0]), reserve_s=10.0)
     outcome = benchmark.run(plan, FakeTimer([]), False, benchmark.Outcome(), say=lambda text: None)
     assert outcome.cases_done == 2
-    assert len(outcome.skipped) == 1 and "float16" in outcome.skipped[0] and "time budget" in outcome.skipped[0]
-    assert any("torch.compile peers left out" in note for note in outcome.notes)
+    skipped_cases = [s for s in outcome.skipped if "not run," in s]
+    assert len(skipped_cases) == 1 and "float16" in skipped_cases[0] and "time budget" in skipped_cases[0]
+    assert any("compile left out" in note for note in outcome.notes)
+    assert any("peers compile not run" in s for s in outcome.skipped)  # named among the skipped
+
+
+def test_each_compile_peer_is_fitted_on_its_own_estimate_and_then_on_its_measured_cost(monkeypatch) -> None:
+    """max-autotune compiles take minutes: it is left out (and named) where the default mode still fits; after
+    a case, each mode's estimate is what its build and warm-up took there."""
+    now = [0.0]
+    monkeypatch.setattr(benchmark, "copy_bandwidth", lambda timer: (100.0, 2))
+    ran: list[tuple[str, ...]] = []
+
+    def fake_run_case(case, impl_list, passes, timer, copy, **kwargs):
+        ran.append(tuple(i.name for i in impl_list))
+        result = runner.CaseResult(case)
+        result.prepare_s = {i.name: (20.0 if i.name == "compile" else 1.0) for i in impl_list}
+        now[0] += 5.0 + sum(result.prepare_s.values())
+        return result
+
+    monkeypatch.setattr(benchmark, "run_case", fake_run_case)
+    todo = [cases.Case("layer_norm", 0, 8, 16, "-", dtype) for dtype in ("float32", "bfloat16")]
+    plan = benchmark.Plan(todo, ("forward",), ["reference", "compile", "compile-max"],
+                          deadline=Deadline(200.0, clock=lambda: now[0]), reserve_s=10.0)
+    outcome = benchmark.run(plan, FakeTimer([]), True, benchmark.Outcome(), say=lambda text: None)
+    assert ran == [("triton_embed", "reference", "compile"), ("triton_embed", "reference", "compile")]
+    assert sum("compile-max left out" in note for note in outcome.notes) == 2
+    assert [s for s in outcome.skipped if "compile-max" in s] and not any("not run," in s for s in outcome.skipped)
+    assert benchmark.fit_compile_peers(["compile"], 30.0, 5.0, {"compile": 20.0}) == (["compile"], [])
 
 
 def test_missing_and_inapplicable_peers_are_left_out_with_a_note(monkeypatch) -> None:

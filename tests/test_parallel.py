@@ -18,22 +18,27 @@ def _spawn(fn, world: int, tmp_path) -> None:
     mp.spawn(fn, args=(world, str(tmp_path / "store")), nprocs=world, join=True)
 
 
+@pytest.mark.host_only
 def test_tensor_parallel_styles_match_the_unsharded_modules(tmp_path):
     _spawn(parallel_cases.tensor_parallel, 2, tmp_path)
 
 
+@pytest.mark.host_only
 def test_custom_ops_take_dtensors(tmp_path):
     _spawn(parallel_cases.functional_dtensors, 2, tmp_path)
 
 
+@pytest.mark.host_only
 def test_fsdp2_and_ddp_training_match_one_process(tmp_path):
     _spawn(parallel_cases.data_parallel, 2, tmp_path)
 
 
+@pytest.mark.host_only
 def test_four_ranks_with_an_empty_shard(tmp_path):
     _spawn(parallel_cases.four_ranks, 4, tmp_path)
 
 
+@pytest.mark.host_only
 def test_a_bad_id_changes_no_shard(tmp_path):
     _spawn(parallel_cases.out_of_range, 2, tmp_path)
 
@@ -55,6 +60,7 @@ class _FakeMesh:
     ndim = 1
 
 
+@pytest.mark.multi_gpu
 def test_the_readme_example_runs_under_torchrun(tmp_path):
     """``torchrun --nproc-per-node 2 -m triton_embed.parallel.example`` (the README's command), on the CPU."""
     import subprocess

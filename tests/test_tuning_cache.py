@@ -67,3 +67,76 @@ def test_a_damaged_cache_file_warns_and_uses_the_defaults(compiled_mode):
     compiled_mode.write_text("{not json")
     with pytest.warns(RuntimeWarning, match="unreadable"):
         assert tuning.choose("gather", torch.float32, 768, 8192) == tuning.CONFIGS["gather"][0]
+
+
+MISSHAPEN = [
+    pytest.param('[1, 2]', "holds a list", id="top-level-list"),
+    pytest.param('"tuning"', "holds a str", id="top-level-string"),
+    pytest.param('{"version": 1, "devices": []}', "'devices' is a list", id="devices-list"),
+    pytest.param('{"version": 1}', "'devices' is a NoneType", id="devices-missing"),
+    pytest.param('{"version": 1, "devices": {"TAG": [1, 2]}}', "holds a list", id="device-entry-list"),
+    pytest.param('{"version": 1, "devices": {"TAG": "gather|float32"}}', "holds a str", id="device-entry-string"),
+    pytest.param('{"version": 1, "devices": {"TAG": null}}', "holds a NoneType", id="device-entry-null"),
+    pytest.param('{"version": 2, "devices": {}}', "version 2", id="other-version"),
+    pytest.param('{"devices": {}}', "version None", id="no-version"),
+]
+UNREADABLE = [
+    pytest.param(b"{not json", id="not-json"),
+    pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
+    pytest.param(b"", id="empty"),
+]
+
+
+def _misshapen(path: Path, text: str) -> None:
+    path.write_text(text.replace("TAG", tuning.device_tag()))
+
+
+@pytest.mark.parametrize("text, problem", MISSHAPEN)
+def test_a_misshapen_cache_gets_the_clear_error_on_read_and_write(tmp_path, text, problem):
+    """write_cache once raised AttributeError on a device entry that was a list: every layout it cannot
+    extend gets the unreadable file's clear RuntimeError, and the file is left as it was."""
+    path = tmp_path / "tuning.json"
+    _misshapen(path, text)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match=f"unknown layout .*{problem}.*delete it to retune"):
+        tuning.read_cache(path)
+    with pytest.raises(RuntimeError, match="delete it to retune"):
+        tuning.write_cache({"gather|float32|768|8192": tuning.CONFIGS["gather"][0]}, path=path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("raw", UNREADABLE)
+def test_an_unreadable_cache_gets_the_clear_error_on_read_and_write(tmp_path, raw):
+    path = tmp_path / "tuning.json"
+    path.write_bytes(raw)
+    with pytest.raises(RuntimeError, match="is unreadable .*delete it to retune"):
+        tuning.read_cache(path)
+    with pytest.raises(RuntimeError, match="is unreadable"):
+        tuning.write_cache({"gather|float32|768|8192": tuning.CONFIGS["gather"][0]}, path=path)
+    assert path.read_bytes() == raw
+
+
+@pytest.mark.parametrize("text", [p.values[0] for p in MISSHAPEN])
+def test_a_misshapen_cache_warns_and_the_ops_use_the_defaults(compiled_mode, text):
+    _misshapen(compiled_mode, text)
+    with pytest.warns(RuntimeWarning, match="unknown layout"):
+        assert tuning.choose("gather", torch.float32, 768, 8192) == tuning.CONFIGS["gather"][0]
+
+
+def test_the_cache_file_is_strict_json(tmp_path):
+    path = tuning.write_cache({"gather|float32|768|8192": tuning.CONFIGS["gather"][1]}, tag="gpu", path=tmp_path / "t.json")
+    data = json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f"non-JSON token {token}"))
+    assert data == {"version": 1, "devices": {"gpu": {"gather|float32|768|8192": tuning.CONFIGS["gather"][1]}}}
+
+
+def test_runtime_tuning_is_opt_in(compiled_mode, monkeypatch):
+    """A key missing from the cache runs its default config unless TRITON_EMBED_AUTOTUNE=1: tuning at first
+    use would stall a training step for seconds (bench/tuning_cost.py measures it)."""
+    monkeypatch.delenv("TRITON_EMBED_AUTOTUNE", raising=False)
+    timed = []
+    monkeypatch.setattr(tuning, "_fastest", lambda kernel, configs, bench: timed.append(kernel) or configs[1])
+    assert tuning.choose("gather", torch.float32, 768, 8192, bench=lambda c: None) == tuning.CONFIGS["gather"][0]
+    assert timed == [] and tuning.config_sources()[tuning.tuning_key("gather", torch.float32, 768, 8192)] == "default"
+    monkeypatch.setenv("TRITON_EMBED_AUTOTUNE", "1")
+    assert tuning.choose("gather", torch.float32, 768, 16384, bench=lambda c: None) == tuning.CONFIGS["gather"][1]
+    assert timed == ["gather"]

@@ -95,13 +95,34 @@ def check_same_device(indices: torch.Tensor, weight: torch.Tensor) -> None:
 def check_index_bounds(indices: torch.Tensor, num_embeddings: int) -> None:
     """The reference path's check: raise IndexError if any id lies outside [0, num_embeddings) (one host
     sync on a GPU; PyTorch's own ops would assert on the device instead). Off with ``set_index_check``."""
+    error = index_bounds_error(indices, num_embeddings)
+    if error is not None:
+        raise error
+
+
+def index_bounds_error(indices: torch.Tensor, num_embeddings: int) -> IndexError | None:
+    """The IndexError of :func:`check_index_bounds`, or None (every id inside, or the check off)."""
     if indices.numel() == 0 or not index_check_enabled():
-        return
+        return None
     low, high = torch.aminmax(indices)
     low, high = torch.stack([low, high]).tolist()
     if low < 0 or high >= num_embeddings:
         bad = low if low < 0 else high
-        raise IndexError(
+        return IndexError(
             f"index out of range in self: embedding id {bad} is outside [0, {num_embeddings}) "
             f"(ids span [{low}, {high}])"
         )
+    return None
+
+
+def ids_checked_by_torch(indices: torch.Tensor) -> bool:
+    """Whether the reference path may leave the ids to PyTorch's own lookup: on the CPU it raises an
+    IndexError for a bad id, before writing anything (:func:`explained` words it as ours); elsewhere a bad id
+    would reach a device-side assert, so :func:`check_index_bounds` must run first."""
+    return indices.device.type == "cpu"
+
+
+def explained(error: IndexError, indices: torch.Tensor, num_embeddings: int) -> IndexError:
+    """PyTorch's IndexError for a bad id of a CPU lookup, as :func:`check_index_bounds` words it (the error
+    itself where the check is off)."""
+    return index_bounds_error(indices, num_embeddings) or error

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _validation as check
-from .ops import embedding as _embedding_ops  # noqa: F401  (registers triton_embed::embedding*)
+from . import _dispatch
+from ._dispatch import eager, use_triton
+from .ops import eager as _eager
+from .ops import embedding as _embedding_ops  # (also registers triton_embed::embedding*)
 from .ops import layer_norm as _layer_norm_ops  # noqa: F401  (registers triton_embed::layer_norm*)
-from .ops import stable_embedding as _stable_ops  # noqa: F401  (registers triton_embed::stable_embedding*)
+from .ops import stable_embedding as _stable_ops  # (also registers triton_embed::stable_embedding*)
 from .ops.forward_ad import (
     EmbeddingWithForwardAD,
     LayerNormWithForwardAD,
@@ -53,16 +56,48 @@ def embedding(
     >>> triton_embed.functional.embedding(torch.tensor([[2, 0]]), weight).tolist()
     [[[4.0, 5.0], [0.0, 1.0]]]
     """
+    if eager(input, weight):
+        padding = _check(input, weight, padding_idx, max_norm, norm_type)
+        deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+        return _eager_embedding(input, weight, padding, max_norm, norm_type, bool(scale_grad_by_freq), bool(sparse),
+                                deterministic)
     if _under_torch_func(input, weight):
         padding = _check(input, weight, padding_idx, max_norm, norm_type)
         return F.embedding(input, weight, _none_if_negative(padding), max_norm, norm_type, scale_grad_by_freq, sparse)
-    padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
-    if weight.is_complex() and weight.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError("embedding does not support automatic differentiation for outputs with complex dtype "
-                           "(as in PyTorch); detach the table or use a real dtype")
+    padding = _check(input, weight, padding_idx, max_norm, norm_type)
+    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
+    if max_norm is not None:
+        with torch.no_grad():
+            torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
+    _refuse_complex_grad(weight)
     if forward_mode_active(weight):
         return EmbeddingWithForwardAD.apply(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
     return torch.ops.triton_embed.embedding(weight, input, padding, scale_grad_by_freq, sparse, deterministic)
+
+
+def _eager_embedding(
+    input: Tensor, weight: Tensor, padding: int, max_norm: float | None, norm_type: float, scale_grad_by_freq: bool,
+    sparse: bool, deterministic: bool,
+) -> Tensor:
+    """The lookup in eager mode: the path chosen once, the ids checked once (the kernels on the device; on the
+    reference path here, before a renorm or off the CPU, else by PyTorch's lookup itself), then the launchers
+    or the reference ops directly (``ops/eager.py``)."""
+    kernels = use_triton(weight)
+    if not kernels and (max_norm is not None or not check.ids_checked_by_torch(input)):
+        check.check_index_bounds(input, weight.shape[0])
+    if max_norm is not None:
+        with torch.no_grad():
+            _embedding_ops.renorm_rows_(weight, input, float(max_norm), float(norm_type), kernels)
+    if weight.requires_grad and torch.is_grad_enabled():
+        _refuse_complex_grad(weight)
+        return _eager.embedding(weight, input, padding, scale_grad_by_freq, sparse, deterministic, kernels)
+    return _embedding_ops.lookup(weight, input, kernels)
+
+
+def _refuse_complex_grad(weight: Tensor) -> None:
+    if weight.is_complex() and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("embedding does not support automatic differentiation for outputs with complex dtype "
+                           "(as in PyTorch); detach the table or use a real dtype")
 
 
 def _under_torch_func(*tensors: Tensor | None) -> bool:
@@ -89,27 +124,12 @@ def _check(input: Tensor, weight: Tensor, padding_idx: int | None, max_norm: flo
     return -1 if padding is None else padding
 
 
-def _check_and_renorm(
-    input: Tensor, weight: Tensor, padding_idx: int | None, max_norm: float | None, norm_type: float,
-    deterministic: bool | None,
-) -> tuple[int, bool]:
-    """The checks every lookup makes, then the max_norm renorm (in place, no grad, before the lookup).
-    Returns (padding row or -1, whether the backward must be deterministic: asked for, or
-    ``torch.are_deterministic_algorithms_enabled()`` now; the backward also checks that flag when it runs)."""
-    padding = _check(input, weight, padding_idx, max_norm, norm_type)
-    if max_norm is not None:
-        with torch.no_grad():
-            torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
-    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
-    return padding, deterministic
-
-
 def _check_norm_param(param: Tensor | None, name: str, shape: tuple[int, ...], device: torch.device) -> None:
     if param is None:
         return
     if not isinstance(param, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(param).__name__}")
-    if tuple(param.shape) != tuple(shape):
+    if param.shape != shape:
         raise RuntimeError(
             f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
             f"{list(param.shape)} and normalized_shape = {list(shape)}"
@@ -167,7 +187,8 @@ def layer_norm(
         )
     _check_norm_param(weight, "weight", shape, input.device)
     _check_norm_param(bias, "bias", shape, input.device)
-    if _under_torch_func(input, weight, bias):
+    fast = eager(input, weight, bias)
+    if not fast and _under_torch_func(input, weight, bias):
         return F.layer_norm(input, shape, weight, bias, eps)
     dim = math.prod(shape)
     x = input.reshape(*input.shape[: input.dim() - len(shape)], dim)
@@ -175,9 +196,17 @@ def layer_norm(
     b = bias.reshape(dim) if bias is not None else None
     if forward_mode_active(x, w, b):
         y, _, _ = LayerNormWithForwardAD.apply(x, w, b, float(eps))
-    else:
+    elif not fast:
         y, _, _ = torch.ops.triton_embed.layer_norm(x, w, b, float(eps))
+    elif torch.is_grad_enabled() and _any_requires_grad(x, w, b):
+        y = _eager.layer_norm(x, w, b, float(eps))
+    else:
+        y, _, _ = _dispatch.IMPLEMENTATIONS["triton_embed::layer_norm"](x, w, b, float(eps))
     return y.view(input.shape)
+
+
+def _any_requires_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 def stable_embedding(
@@ -230,21 +259,46 @@ def stable_embedding(
         raise RuntimeError(f"stable_embedding needs a floating weight, got {weight.dtype}")
     _check_norm_param(norm_weight, "norm_weight", (weight.shape[1],), weight.device)
     _check_norm_param(norm_bias, "norm_bias", (weight.shape[1],), weight.device)
-    if _under_torch_func(input, weight, norm_weight, norm_bias):  # bitsandbytes' graph, in PyTorch ops
+    fast = eager(input, weight, norm_weight, norm_bias)
+    if not fast and _under_torch_func(input, weight, norm_weight, norm_bias):  # bitsandbytes' graph, in PyTorch ops
         padding = _check(input, weight, padding_idx, max_norm, norm_type)
         rows = F.embedding(input, weight, _none_if_negative(padding), max_norm, norm_type, scale_grad_by_freq, sparse)
         normed = F.layer_norm(rows.to(torch.get_default_dtype()), (weight.shape[1],), norm_weight, norm_bias, eps)
         return normed.to(weight.dtype)
-    padding, deterministic = _check_and_renorm(input, weight, padding_idx, max_norm, norm_type, deterministic)
+    padding = _check(input, weight, padding_idx, max_norm, norm_type)
+    deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
     args = (
         weight, input, norm_weight, norm_bias, float(eps), torch.get_default_dtype(), padding,
         bool(scale_grad_by_freq), bool(sparse), deterministic,
     )
+    if fast:
+        return _eager_stable_embedding(args, max_norm, norm_type)
+    if max_norm is not None:
+        with torch.no_grad():
+            torch.ops.triton_embed.embedding_renorm_(weight, input, float(max_norm), float(norm_type))
     if forward_mode_active(weight, norm_weight, norm_bias):
         out, _, _ = StableEmbeddingWithForwardAD.apply(*args)
     else:
         out, _, _ = torch.ops.triton_embed.stable_embedding(*args)
     return out
+
+
+def _eager_stable_embedding(args: tuple, max_norm: float | None, norm_type: float) -> Tensor:
+    """The fused op in eager mode (``args`` as the custom op takes them): the paths chosen once, the ids
+    checked once as in :func:`_eager_embedding` (here if the renorm or, off the CPU, the op runs the reference
+    path), then the launchers or reference ops."""
+    weight, input, norm_weight, norm_bias, eps, compute_dtype = args[:6]
+    kernels = use_triton(weight, norm_weight, norm_bias)
+    renorm_kernels = max_norm is not None and use_triton(weight)
+    reference_renorm = max_norm is not None and not renorm_kernels
+    if reference_renorm or (not kernels and not check.ids_checked_by_torch(input)):
+        check.check_index_bounds(input, weight.shape[0])
+    if max_norm is not None:
+        with torch.no_grad():
+            _embedding_ops.renorm_rows_(weight, input, float(max_norm), float(norm_type), renorm_kernels)
+    if torch.is_grad_enabled() and _any_requires_grad(weight, norm_weight, norm_bias):
+        return _eager.stable_embedding(*args, kernels)
+    return _stable_ops.fused_forward(weight, input, norm_weight, norm_bias, eps, compute_dtype, kernels)[0]
 
 
 __all__ = ["embedding", "layer_norm", "stable_embedding"]

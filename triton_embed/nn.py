@@ -11,9 +11,6 @@ from ._dispatch import fusable_layer_norm
 from ._validation import normalize_padding_idx
 
 
-#: Set on a module by ``triton_embed.parallel``'s styles (kept in sync with ``parallel.styles.STYLE_ATTRIBUTE``).
-_PARALLEL_STYLE = "_triton_embed_parallel"
-
 
 def _register_32bit_optimizer_state(module: torch.nn.Module) -> None:
     """As bitsandbytes does: keep 32-bit optimizer state for embedding weights when its 8-bit optimizers run.
@@ -87,6 +84,11 @@ class Embedding(torch.nn.Embedding):
         )
         _register_32bit_optimizer_state(self)
 
+    #: The ``triton_embed.parallel`` style that parallelized this module, if any: set on the instance under
+    #: ``parallel.styles.STYLE_ATTRIBUTE`` (this name). A class default rather than a ``hasattr`` test: a
+    #: missing attribute costs a raised AttributeError on every call.
+    _triton_embed_parallel = None
+
     def reset_parameters(self) -> None:
         """bitsandbytes' init: xavier-uniform weight, then the padding row zeroed. An empty table (no rows or
         no columns) has nothing to initialise (xavier's bound would divide by zero)."""
@@ -95,7 +97,7 @@ class Embedding(torch.nn.Embedding):
         self._fill_padding_idx_with_zero()
 
     def forward(self, input: Tensor) -> Tensor:
-        if hasattr(self, _PARALLEL_STYLE):  # parallelized by triton_embed.parallel: its sharded lookup
+        if self._triton_embed_parallel is not None:  # parallelized by triton_embed.parallel: its sharded lookup
             from .parallel import sharded_forward
 
             return sharded_forward(self, input)
@@ -154,7 +156,7 @@ class StableEmbedding(Embedding):
         self.norm = torch.nn.LayerNorm(embedding_dim, device=device)
 
     def forward(self, input: Tensor) -> Tensor:
-        if hasattr(self, _PARALLEL_STYLE):
+        if self._triton_embed_parallel is not None:
             from .parallel import sharded_forward
 
             return sharded_forward(self, input)

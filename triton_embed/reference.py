@@ -102,12 +102,25 @@ def _statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
     return mean, torch.rsqrt(var + eps)
 
 
+def _aten_statistics(x: torch.Tensor) -> bool:
+    """Whether ATen's LayerNorm keeps the statistics this path returns: float32/float64 rows (whose
+    statistics ATen computes and returns in that dtype, our accumulator's) of at least one element. Other
+    dtypes get theirs from :func:`_statistics` (ATen's would be in the half-precision dtype)."""
+    return x.dtype in (torch.float32, torch.float64) and x.shape[-1] > 0
+
+
 def layer_norm_forward(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``F.layer_norm`` over the last dim, plus the per-row (mean, rstd) the Triton path saves. As on the
-    kernels, the parameters may have any floating dtype (see :func:`_param_for`)."""
-    y = F.layer_norm(x, (x.shape[-1],), _param_for(weight, x), _param_for(bias, x), eps)
+    """``F.layer_norm`` over the last dim, plus the per-row (mean, rstd) the Triton path saves: ATen's own
+    where it keeps them (one pass, the output bitwise ``F.layer_norm``'s), else float32 ones of their own.
+    As on the kernels, the parameters may have any floating dtype (see :func:`_param_for`)."""
+    dim = x.shape[-1]
+    w, b = _param_for(weight, x), _param_for(bias, x)
+    if _aten_statistics(x):
+        y, mean, rstd = torch.ops.aten.native_layer_norm(x, [dim], w, b, eps)
+        return y, mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+    y = F.layer_norm(x, (dim,), w, b, eps)
     mean, rstd = _statistics(x, eps)
     return y, mean, rstd
 
@@ -121,12 +134,17 @@ def layer_norm_backward(
     rstd: torch.Tensor,
     eps: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(dx, dγ, dβ) of ``F.layer_norm`` over the last dim, by ATen's own kernels (the forward is recomputed
-    for ATen's statistics; no autograd, so it also runs inside a custom op's implementation). Parameters of
-    another dtype are cast as in :func:`layer_norm_forward`, and their gradients cast back."""
+    """(dx, dγ, dβ) of ``F.layer_norm`` over the last dim, by ATen's own kernels (no autograd, so it also runs
+    inside a custom op's implementation). ``mean``/``rstd`` (any shape of one value per row) are used where
+    they are ATen's kind (see :func:`layer_norm_forward`); otherwise, or when None, the forward is recomputed
+    for ATen's statistics. Parameters of another dtype are cast as in :func:`layer_norm_forward`, and their
+    gradients cast back."""
     dim = x.shape[-1]
     w, b = _param_for(weight, x), _param_for(bias, x)
-    _, native_mean, native_rstd = torch.ops.aten.native_layer_norm(x, [dim], w, b, eps)
+    if mean is not None and rstd is not None and _aten_statistics(x) and mean.dtype == rstd.dtype == x.dtype:
+        native_mean, native_rstd = mean.reshape(-1), rstd.reshape(-1)
+    else:
+        _, native_mean, native_rstd = torch.ops.aten.native_layer_norm(x, [dim], w, b, eps)
     dx, dw, db = torch.ops.aten.native_layer_norm_backward(
         grad, x, [dim], native_mean, native_rstd, w, b, [True, weight is not None, bias is not None]
     )
@@ -226,12 +244,16 @@ def stable_embedding_backward(
     norm_bias: torch.Tensor | None,
     eps: float,
     compute_dtype: torch.dtype,
+    mean: torch.Tensor | None = None,
+    rstd: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(d(emb) rows (N, D) in weight's dtype, dγ, dβ) of the fused op, following bitsandbytes' graph
     backwards: the output gradient cast to the default dtype (backward of the last ``.to``), ATen's
-    LayerNorm backward, and its input gradient cast to the weight's dtype (backward of the first ``.to``)."""
+    LayerNorm backward (with the forward's ``mean``/``rstd`` where they are ATen's kind, see
+    :func:`layer_norm_backward`), and its input gradient cast to the weight's dtype (backward of the first
+    ``.to``). The rows are gathered again: the forward keeps no N x D activation."""
     dim = weight.shape[1]
     emb = F.embedding(indices.reshape(-1), weight).to(compute_dtype)
     dy = grad.reshape(indices.numel(), dim).to(compute_dtype)
-    dx, dw, db = layer_norm_backward(dy, emb, norm_weight, norm_bias, None, None, eps)
+    dx, dw, db = layer_norm_backward(dy, emb, norm_weight, norm_bias, mean, rstd, eps)
     return dx.to(weight.dtype), dw, db

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -148,6 +149,11 @@ def tuning_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int, rows: int
     return key if rows is None else f"{key}|v{token_bucket(rows)}"
 
 
+@functools.lru_cache(maxsize=4096)  # every launch asks: the string is built once per bucket
+def _bucket_key(kernel: str, dtype: torch.dtype, dim: int, tokens: int, rows: int | None, variant: str) -> str:
+    return tuning_key(kernel, dtype, dim, tokens, rows, variant)
+
+
 def device_tag(device: torch.device | None = None) -> str:
     """GPU name, Triton version and package version: tuned configs are valid only where they were measured,
     and only for the release whose config lists they come from."""
@@ -171,18 +177,50 @@ def cache_path() -> Path:
     return Path(folder) / "tuning.json"
 
 
+#: The cache file's layout version (a file of another version is not this release's to read or extend).
+CACHE_VERSION = 1
+
+
 def read_cache(path: Path | None = None) -> dict[str, Any]:
-    """The whole cache file as a dict (``{"version": 1, "devices": {tag: {key: config}}}``)."""
+    """The whole cache file as a dict (``{"version": 1, "devices": {tag: {key: config}}}``).
+
+    A missing file is an empty cache. A file that cannot be read or parsed, or whose layout is not the one
+    above (another version, ``devices`` or a device's entries not a mapping), raises ``RuntimeError`` saying
+    so: writers must not extend it and readers fall back to the default configs. Entries themselves are
+    checked where they are used (:func:`valid_config`).
+    """
     path = path or cache_path()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {"version": 1, "devices": {}}
-    except (OSError, json.JSONDecodeError) as exc:
+        return {"version": CACHE_VERSION, "devices": {}}
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise RuntimeError(f"triton_embed tuning cache {path} is unreadable ({exc}); delete it to retune") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
-        raise RuntimeError(f"triton_embed tuning cache {path} has an unknown layout; delete it to retune")
+    problem = _layout_problem(data)
+    if problem:
+        raise RuntimeError(f"triton_embed tuning cache {path} has an unknown layout ({problem}); delete it to retune")
     return data
+
+
+def _layout_problem(data: Any) -> str | None:
+    """What is wrong with a parsed cache file's layout, or None.
+
+    >>> _layout_problem({"version": 1, "devices": {"gpu": {}}}) is None
+    True
+    >>> _layout_problem({"version": 1, "devices": {"gpu": []}})
+    "device 'gpu' holds a list, not a mapping of tuning keys"
+    """
+    if not isinstance(data, dict):
+        return f"the file holds a {type(data).__name__}, not a mapping"
+    if data.get("version") != CACHE_VERSION:
+        return f"version {data.get('version')!r}, this release reads {CACHE_VERSION}"
+    devices = data.get("devices")
+    if not isinstance(devices, dict):
+        return f"'devices' is a {type(devices).__name__}, not a mapping"
+    for tag, entries in devices.items():
+        if not isinstance(entries, dict):
+            return f"device {tag!r} holds a {type(entries).__name__}, not a mapping of tuning keys"
+    return None
 
 
 def write_cache(entries: dict[str, Config], tag: str | None = None, path: Path | None = None) -> Path:
@@ -200,7 +238,7 @@ def write_cache(entries: dict[str, Config], tag: str | None = None, path: Path |
         data["devices"].setdefault(tag, {}).update(entries)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
         os.replace(tmp, path)
     global _file_entries
     _file_entries = None
@@ -211,11 +249,11 @@ def _cached_entries() -> dict[str, Config]:
     global _file_entries
     if _file_entries is None:
         try:
-            entries = read_cache().get("devices", {}).get(device_tag(), {})
+            entries = read_cache()["devices"].get(device_tag(), {})
         except RuntimeError as exc:  # a damaged cache must not break the ops: tune again, or use the defaults
             warnings.warn(f"{exc}; using untuned configs", RuntimeWarning, stacklevel=3)
             entries = {}
-        _file_entries = entries if isinstance(entries, dict) else {}
+        _file_entries = entries
     return _file_entries
 
 
@@ -229,8 +267,18 @@ def valid_config(kernel: str, config: Any) -> bool:
 
 
 def autotune_enabled() -> bool:
-    """Runtime tuning of keys missing from the cache; ``TRITON_EMBED_AUTOTUNE=0`` uses the defaults."""
-    return os.environ.get("TRITON_EMBED_AUTOTUNE", "1") not in ("0", "false", "False")
+    """Runtime tuning of keys missing from the cache, opted into with ``TRITON_EMBED_AUTOTUNE=1``.
+
+    Off by default: a key missing from the cache runs its shape-based default config (the first of its list),
+    and ``python -m triton_embed.bench`` fills the cache ahead of training. Tuning at first use would time
+    every config of each kernel a step launches (16 for a bfloat16 StableEmbedding step, each compiled first)
+    on the first step of every new power-of-two token bucket: a stall of seconds mid-training, different on
+    each rank when batch sizes vary (``python -m triton_embed.bench.tuning_cost`` measures it).
+
+    >>> autotune_enabled() in (True, False)
+    True
+    """
+    return os.environ.get("TRITON_EMBED_AUTOTUNE", "0") not in ("0", "", "false", "False")
 
 
 def chosen_configs() -> dict[str, Config]:
@@ -272,13 +320,14 @@ def choose(
     rows: int | None = None,
     variant: str = "",
 ) -> Config:
-    """The config for one launch: in-process choice, else the cache file, else tuned with ``bench``
-    (which runs the kernel once with the given config; it may rewrite the launch's own outputs), else the
-    default. Never tunes while a CUDA graph is being captured (timing would break the capture)."""
+    """The config for one launch: in-process choice, else the cache file, else (with runtime tuning opted
+    into, :func:`autotune_enabled`, or forced) tuned with ``bench`` (which runs the kernel once with the
+    given config; it may rewrite the launch's own outputs), else the default. Never tunes while a CUDA
+    graph is being captured (timing would break the capture)."""
     if interpreter_enabled():
         return INTERPRETER_CONFIGS[kernel]
     force_tune = force_tune or _forced["on"]
-    key = tuning_key(kernel, dtype, dim, tokens, rows, variant)
+    key = _bucket_key(kernel, dtype, dim, token_bucket(tokens), None if rows is None else token_bucket(rows), variant)
     if not force_tune:
         if key in _chosen:
             return _chosen[key]

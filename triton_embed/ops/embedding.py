@@ -7,8 +7,8 @@ from torch import Tensor
 
 from .. import errors, reference
 from ..errors import index_check_enabled
-from .._dispatch import custom_op, use_triton
-from .._validation import check_index_bounds
+from .._dispatch import custom_op, run_op, use_triton
+from .._validation import check_index_bounds, explained, ids_checked_by_torch
 from . import embedding_backward, gather, renorm
 
 
@@ -17,13 +17,26 @@ def embedding(
     weight: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool, sparse: bool, deterministic: bool
 ) -> Tensor:
     """``weight[indices]``; the other arguments only shape the backward (``padding_idx=-1``: none)."""
-    if use_triton(weight):
-        errors.before_call(weight.device)
+    kernels = use_triton(weight)
+    if not kernels and not ids_checked_by_torch(indices):
+        check_index_bounds(indices, weight.shape[0])
+    return lookup(weight, indices, kernels)
+
+
+def lookup(weight: Tensor, indices: Tensor, kernels: bool) -> Tensor:
+    """``weight[indices]`` by the Triton kernel (``kernels``) or the reference path, as the caller chose. The
+    kernel masks bad ids and notes them in the error record; on the reference path PyTorch's CPU lookup
+    raises for them (in our words), and elsewhere the caller has checked them (``check_index_bounds``)."""
+    if kernels:
+        device = weight.device
+        errors.before_call(device)
         out = gather.gather(weight, indices)
-        errors.after_call(weight.device)
+        errors.after_call(device)
         return out
-    check_index_bounds(indices, weight.shape[0])
-    return reference.gather(weight, indices)
+    try:
+        return reference.gather(weight, indices)
+    except IndexError as error:
+        raise explained(error, indices, weight.shape[0]) from None
 
 
 @embedding.register_fake
@@ -39,17 +52,20 @@ def _embedding_setup_context(ctx, inputs, output) -> None:
 
 
 def _embedding_backward(ctx, grad: Tensor):
-    (indices,) = ctx.saved_tensors
-    padding_idx, scale_grad_by_freq, sparse, deterministic = ctx.options
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None, None
+    return weight_gradient(ctx, grad), None, None, None, None, None
+
+
+def weight_gradient(ctx, grad: Tensor) -> Tensor:
+    """The table's gradient of a lookup whose ``ctx`` holds the ids, ``num_weights`` and ``options``
+    (padding_idx, scale_grad_by_freq, sparse, deterministic)."""
+    (indices,) = ctx.saved_tensors
+    padding_idx, scale_grad_by_freq, sparse, deterministic = ctx.options
     if sparse:
-        grad_weight = sparse_backward(grad, indices, ctx.num_weights, padding_idx, scale_grad_by_freq)
-    else:
-        grad_weight = torch.ops.triton_embed.embedding_dense_backward(
-            grad, indices, ctx.num_weights, padding_idx, scale_grad_by_freq, deterministic
-        )
-    return grad_weight, None, None, None, None, None
+        return sparse_backward(grad, indices, ctx.num_weights, padding_idx, scale_grad_by_freq)
+    return run_op("embedding_dense_backward", grad, indices, ctx.num_weights, padding_idx, scale_grad_by_freq,
+                  deterministic)
 
 
 embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup_context)
@@ -156,15 +172,26 @@ embedding_dense_backward.register_autograd(_dense_backward_backward, setup_conte
 @custom_op("triton_embed::embedding_renorm_", mutates_args=("weight",))
 def embedding_renorm_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
     """In place and without grad: rows named by ``indices`` whose norm exceeds ``max_norm`` are scaled."""
-    if use_triton(weight):
-        errors.before_call(weight.device)
-        renorm.renorm_(weight, indices, max_norm, norm_type)
-        errors.after_call(weight.device)
-    else:
+    kernels = use_triton(weight)
+    if not kernels:
         check_index_bounds(indices, weight.shape[0])  # raises on a bad id, unless the check is off
-        if not index_check_enabled() and not _all_in_range(indices, weight.shape[0]):
-            return  # with the check off: a call that met a bad id changes nothing (its lookup raises, as PyTorch's)
-        reference.embedding_renorm_(weight, indices, max_norm, norm_type)
+    renorm_rows_(weight, indices, max_norm, norm_type, kernels)
+
+
+def renorm_rows_(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float, kernels: bool) -> None:
+    """The renorm by the kernels (``kernels``) or the reference path, the ids trusted as in :func:`lookup`."""
+    if kernels:
+        device = weight.device
+        errors.before_call(device)
+        renorm.renorm_(weight, indices, max_norm, norm_type)
+        errors.after_call(device)
+        # A kernel's write is invisible to autograd: bump the table's version as an in-place aten op would
+        # (called through the op it is bumped again: harmless, versions need only grow).
+        torch.autograd.graph.increment_version(weight)
+        return
+    if not index_check_enabled() and not _all_in_range(indices, weight.shape[0]):
+        return  # with the check off: a call that met a bad id changes nothing (its lookup raises, as PyTorch's)
+    reference.embedding_renorm_(weight, indices, max_norm, norm_type)
 
 
 def _all_in_range(indices: Tensor, num_weights: int) -> bool:
@@ -176,4 +203,5 @@ def _(weight, indices, max_norm, norm_type):
     return None
 
 
-__all__ = ["embedding", "embedding_dense_backward", "embedding_renorm_", "sparse_backward"]
+__all__ = ["embedding", "embedding_dense_backward", "embedding_renorm_", "sparse_backward", "lookup", "renorm_rows_",
+           "weight_gradient"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
 from triton_embed.kernels.embedding_backward import (
@@ -19,6 +18,7 @@ from triton_embed.kernels.embedding_backward import (
 from .. import tuning
 from .._dispatch import device_guard, new_output, record_launch
 from .dtypes import accumulator_dtype
+from .plans import cdiv, plan
 from .tiles import column_tile
 
 #: Sorted positions per chunk (the kernels' constant, as a Python int).
@@ -44,8 +44,8 @@ def dense_backward(
     whatever ``deterministic`` says (it is accepted for the API's sake).
     """
     dim = grad.shape[-1]
-    flat = indices.reshape(-1).contiguous()
-    grad_2d = grad.reshape(flat.numel(), dim)
+    flat = indices if indices.dim() == 1 and indices.is_contiguous() else indices.reshape(-1).contiguous()
+    grad_2d = grad if grad.dim() == 2 else grad.reshape(flat.numel(), dim)
     return accumulate_rows(grad_2d, flat, num_weights, padding_idx, scale_grad_by_freq)
 
 
@@ -60,12 +60,12 @@ def sorted_pieces(
     acc = accumulator_dtype(rows.dtype)
     acc_tl = tl.float64 if acc == torch.float64 else tl.float32
     ids, order = sorted_ids(flat)
-    num_chunks = triton.cdiv(num_tokens, CHUNK)
+    num_chunks = cdiv(num_tokens, CHUNK)
     head = new_output((num_chunks, dim), acc, rows.device)
     tail = new_output((num_chunks, dim), acc, rows.device)
 
     def pieces(config: tuning.Config) -> None:
-        meta, options = column_tile(config, dim, wide=acc == torch.float64)
+        meta, options = plan(column_tile, config, dim, 1, acc == torch.float64)
         embedding_bwd_pieces_kernel[(num_chunks,)](
             rows, ids, order, head, tail, num_tokens, dim, num_weights, padding_idx,
             rows.stride(0), rows.stride(1), ACC_DTYPE=acc_tl, EVERY_RUN=every_run, **meta, **options,
@@ -112,9 +112,9 @@ def accumulate_rows(
         db_arg = db if db is not None else partial_b
 
         def write_rows(config: tuning.Config) -> None:
-            meta, options = column_tile(config, dim, wide=acc == torch.float64)
-            row_programs = triton.cdiv(num_weights, meta["BLOCK_V"])
-            param_programs = triton.cdiv(dim, PARAM_BLOCK_D.value) if param_grads is not None else 0
+            meta, options = plan(column_tile, config, dim, 1, acc == torch.float64)
+            row_programs = cdiv(num_weights, meta["BLOCK_V"])
+            param_programs = cdiv(dim, PARAM_BLOCK_D.value) if param_grads is not None else 0
             embedding_bwd_rows_kernel[(row_programs + param_programs,)](
                 rows, ids, order, head, tail, out, partial_w, partial_b, dw_arg, db_arg,
                 num_tokens, dim, num_weights, partial_w.shape[0], padding_idx, row_programs,

@@ -7,15 +7,15 @@ import math
 from typing import Optional
 
 import torch
-import triton
 from torch import Tensor
 
 from triton_embed.kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel, layer_norm_param_grad_kernel
 from triton_embed.kernels.reductions import PARTIAL_GROUP
 
 from .. import errors, reference, tuning
-from .._dispatch import custom_op, device_guard, new_output, record_launch, use_triton
+from .._dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
 from .dtypes import accumulator_dtype, tl_dtype
+from .plans import cdiv, plan
 from .scalars import float_bits
 from .tiles import backward_tile, column_tile, forward_tile
 
@@ -27,9 +27,9 @@ def backward_programs(num_tokens: int, block_t: int) -> tuple[int, int]:
     """(programs, rows per program) of a backward launch: each program owns a contiguous run of whole row
     tiles and writes one row of dγ/dβ partials. A function of the shape alone (not of the GPU or the
     config), so the partials, and the gradients, repeat bitwise everywhere."""
-    tiles = triton.cdiv(num_tokens, block_t)
-    tiles_per_program = triton.cdiv(tiles, min(tiles, MAX_PARTIALS))
-    return triton.cdiv(tiles, tiles_per_program), tiles_per_program * block_t
+    tiles = cdiv(num_tokens, block_t)
+    tiles_per_program = cdiv(tiles, min(tiles, MAX_PARTIALS))
+    return cdiv(tiles, tiles_per_program), tiles_per_program * block_t
 
 
 def reduce_param_grads(
@@ -44,8 +44,8 @@ def reduce_param_grads(
 
     def launch(config: tuning.Config) -> None:
         # Each program reduces PARTIAL_GROUP partial rows of dγ and of dβ at a time.
-        meta, options = column_tile(config, dim, rows=2 * PARTIAL_GROUP.value, wide=partial_w.dtype == torch.float64)
-        layer_norm_param_grad_kernel[(triton.cdiv(dim, meta["BLOCK_D"]),)](
+        meta, options = plan(column_tile, config, dim, 2 * PARTIAL_GROUP.value, partial_w.dtype == torch.float64)
+        layer_norm_param_grad_kernel[(cdiv(dim, meta["BLOCK_D"]),)](
             partial_w, partial_b, dw_arg, db_arg, num_partials, dim, dw_arg.stride(0), db_arg.stride(0),
             HAS_WEIGHT=dw is not None, HAS_BIAS=db is not None, **meta, **options,
         )
@@ -70,8 +70,8 @@ def forward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: fl
         b_arg = bias if bias is not None else x_2d
 
         def launch(config: tuning.Config) -> None:
-            meta, options, single = forward_tile(config, dim, acc == torch.float64)
-            grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]),)
+            meta, options, single = plan(forward_tile, config, dim, acc == torch.float64)
+            grid = (cdiv(num_tokens, meta["BLOCK_T"]),)
             layer_norm_fwd_kernel[grid](
                 x_2d, w_arg, b_arg, y, mean, rstd, num_tokens, dim, float_bits(eps),
                 x_2d.stride(0), x_2d.stride(1),
@@ -118,7 +118,7 @@ def backward(
     partial_b = new_output((programs, dim), acc, x.device)
 
     def launch(config: tuning.Config) -> None:
-        meta, options, single = backward_tile(config, dim, wide)
+        meta, options, single = plan(backward_tile, config, dim, wide)
         layer_norm_bwd_kernel[(programs,)](
             x_2d, grad_2d, w_arg, mean_1d, rstd_1d, dx, partial_w, partial_b,
             num_tokens, dim, rows_per_program,
@@ -194,7 +194,7 @@ def _layer_norm_autograd(ctx, grad: Optional[Tensor], _grad_mean, _grad_rstd):
     if grad is None:  # gradients are not materialised: nothing flowed back into the output
         return None, None, None, None
     input, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = torch.ops.triton_embed.layer_norm_backward(grad, input, weight, bias, mean, rstd, ctx.eps)
+    dx, dw, db = run_op("layer_norm_backward", grad, input, weight, bias, mean, rstd, ctx.eps)
     return (
         dx if ctx.needs_input_grad[0] else None,
         dw if weight is not None and ctx.needs_input_grad[1] else None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 import triton.language as tl
 
 from triton_embed.kernels import renorm as kernels
@@ -12,6 +11,7 @@ from triton_embed.kernels import renorm as kernels
 from .. import errors, tuning
 from .._dispatch import device_guard, record_launch
 from .scalars import float_bits
+from .plans import cdiv, plan
 from .tiles import backend_options, forward_tile
 
 #: Ids per program of the owner election (a fixed launch: it only scatters atomic minima).
@@ -82,15 +82,15 @@ def renorm_(weight: torch.Tensor, indices: torch.Tensor, max_norm: float, norm_t
 
     def launch(config: tuning.Config, table: torch.Tensor, ids: torch.Tensor, start: int = row_start,
                total: int = total_rows) -> None:
-        meta, options = renorm_tile(config, dim, wide, kind)
+        meta, options = plan(renorm_tile, config, dim, wide, kind)
         # Entry V of the owners says whether the call may change the table (claim_rows_kernel). Owners are
         # token positions: int64 once they no longer fit in int32.
         owner = torch.full((table.shape[0] + 1,), num_tokens, dtype=owner_dtype(num_tokens), device=table.device)
-        kernels.claim_rows_kernel[(triton.cdiv(num_tokens, CLAIM_BLOCK),)](
+        kernels.claim_rows_kernel[(cdiv(num_tokens, CLAIM_BLOCK),)](
             ids, owner, record, num_tokens, table.shape[0], start, total, BLOCK_T=CLAIM_BLOCK,
-            **backend_options(CLAIM_OPTIONS),
+            **plan(backend_options, CLAIM_OPTIONS),
         )
-        kernels.renorm_rows_kernel[(triton.cdiv(num_tokens, meta["BLOCK_T"]),)](
+        kernels.renorm_rows_kernel[(cdiv(num_tokens, meta["BLOCK_T"]),)](
             table, ids, owner, num_tokens, dim, table.shape[0], start, float_bits(max_norm), float_bits(norm_type),
             table.stride(0), table.stride(1), NORM_KIND=kind, ACC_DTYPE=acc_dtype, **meta, **options,
         )

@@ -15,20 +15,20 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 from torch import Tensor
 
 from triton_embed.kernels.stable_embedding import stable_embedding_bwd_kernel, stable_embedding_fwd_kernel
 
 from .. import errors, reference, tuning
-from .._dispatch import custom_op, device_guard, new_output, record_launch, use_triton
-from .._validation import check_index_bounds
+from .._dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
+from .._validation import check_index_bounds, explained, ids_checked_by_torch
 from .dtypes import accumulator_dtype, tl_dtype
 from .embedding import sparse_backward
 from .embedding_backward import accumulate_rows
 from .layer_norm import backward_programs, reduce_param_grads
 from .stable_embedding_runs import applies as runs_apply
 from .stable_embedding_runs import dense_backward as runs_dense_backward
+from .plans import cdiv, plan
 from .scalars import float_bits
 from .tiles import backward_tile, forward_tile
 
@@ -38,6 +38,8 @@ WEIGHT_GRAD_ROWS = 1  # (N, D) d(emb) rows in the weight's dtype (sparse gradien
 WEIGHT_GRAD_NONE = 2  # (0, D): the table needs no gradient; only dγ/dβ
 
 _VARIANTS = {WEIGHT_GRAD_DENSE: "dense", WEIGHT_GRAD_ROWS: "rows", WEIGHT_GRAD_NONE: "none"}
+#: The empty config: the backward's rows per tile do not depend on the tuned one (``ops/tiles.py``).
+_NO_CONFIG: tuning.Config = {}
 
 
 def _param_arg(param: Optional[Tensor], fallback: Tensor) -> tuple[Tensor, int]:
@@ -55,29 +57,30 @@ def forward(
     """``LayerNorm(weight[indices].to(compute_dtype)).to(weight.dtype)`` in one launch: (output
     ``indices.shape + (D,)``, flat per-token mean, flat per-token rstd). Ids outside ``[0, V)`` give the
     LayerNorm of a zero row and are noted in the device's error record."""
-    flat = indices.reshape(-1)
-    num_tokens = flat.numel()
+    num_tokens = indices.numel()
     num_rows, dim = weight.shape
     acc = accumulator_dtype(compute_dtype)
-    out = new_output((num_tokens, dim), weight.dtype, weight.device)
-    mean = new_output((num_tokens,), acc, weight.device)
-    rstd = new_output((num_tokens,), acc, weight.device)
+    device = weight.device
+    # Fresh and contiguous: as (N, D) the output's strides are (D, 1).
+    out = new_output((*indices.shape, dim), weight.dtype, device)
+    mean = new_output((num_tokens,), acc, device)
+    rstd = new_output((num_tokens,), acc, device)
     if num_tokens and dim:
+        flat = indices if indices.is_contiguous() else indices.reshape(-1)
+        flat_stride = 1 if flat is indices else flat.stride(0)
         gamma, stride_g = _param_arg(norm_weight, weight)
         beta, stride_b = _param_arg(norm_bias, weight)
-        record = errors.record_for(weight.device)
+        record = errors.record_for(device)
+        stride_v, stride_d = weight.stride()
         # float64 statistics or float64 rows: half-width tiles (the tile follows the dtypes and D only).
         wide = acc == torch.float64 or weight.dtype == torch.float64
+        flags = (norm_weight is not None, norm_bias is not None)
 
         def launch(config: tuning.Config) -> None:
-            meta, options, single = forward_tile(config, dim, wide)
-            grid = (triton.cdiv(num_tokens, meta["BLOCK_T"]),)
-            stable_embedding_fwd_kernel[grid](
+            block_t, constants = plan(_forward_constants, config, dim, wide, compute_dtype, *flags)
+            stable_embedding_fwd_kernel[(cdiv(num_tokens, block_t),)](
                 weight, flat, gamma, beta, out, record, mean, rstd, num_tokens, dim, num_rows, float_bits(eps),
-                weight.stride(0), weight.stride(1), flat.stride(0), stride_g, stride_b, out.stride(0), out.stride(1),
-                HAS_WEIGHT=norm_weight is not None, HAS_BIAS=norm_bias is not None,
-                CAST_DTYPE=tl_dtype(compute_dtype), ACC_DTYPE=tl_dtype(acc), SINGLE_BLOCK=single,
-                **meta, **options,
+                stride_v, stride_d, flat_stride, stride_g, stride_b, dim, 1, **constants,
             )
 
         # The launch writes only its outputs: timing runs may rewrite them.
@@ -87,7 +90,18 @@ def forward(
     elif num_tokens:
         mean.zero_()
         rstd.fill_(1.0 / (float(eps) ** 0.5))
-    return out.view(*indices.shape, dim), mean, rstd
+    return out, mean, rstd
+
+
+def _forward_constants(config: tuning.Config, dim: int, wide: bool, compute_dtype: torch.dtype, has_weight: bool,
+                       has_bias: bool) -> tuple[int, dict]:
+    """(BLOCK_T, every constexpr and launch option) of a forward launch: what follows from the config, D and the
+    dtypes, derived once (``plans.plan``)."""
+    meta, options, single = forward_tile(config, dim, wide)
+    return meta["BLOCK_T"], {
+        "HAS_WEIGHT": has_weight, "HAS_BIAS": has_bias, "CAST_DTYPE": tl_dtype(compute_dtype),
+        "ACC_DTYPE": tl_dtype(accumulator_dtype(compute_dtype)), "SINGLE_BLOCK": single, **meta, **options,
+    }
 
 
 def backward(
@@ -107,9 +121,9 @@ def backward(
     """(weight gradient as ``mode`` says, dγ, dβ) of the fused forward, by the Triton kernels. Bitwise
     repeatable whatever ``deterministic`` says (it is accepted for the API's sake)."""
     num_rows, dim = weight.shape
-    flat = indices.reshape(-1)
+    flat = indices if indices.dim() == 1 else indices.reshape(-1)
     num_tokens = flat.numel()
-    grad_2d = grad.reshape(num_tokens, dim)
+    grad_2d = grad if grad.dim() == 2 else grad.reshape(num_tokens, dim)
     acc = accumulator_dtype(compute_dtype)
     wide = acc == torch.float64 or weight.dtype == torch.float64
     device = weight.device
@@ -128,7 +142,7 @@ def backward(
             return runs_dense_backward(grad_2d, weight, flat, norm_weight, mean, rstd, dw, db, padding_idx,
                                        scale_grad_by_freq), dw, db
     gamma, stride_g = _param_arg(norm_weight, weight)
-    block_t = backward_tile({}, dim, wide)[0]["BLOCK_T"]
+    block_t = plan(backward_tile, _NO_CONFIG, dim, wide)[0]["BLOCK_T"]
     programs, rows_per_program = backward_programs(num_tokens, block_t)
     partial_w = new_output((programs, dim), acc, device)
     partial_b = new_output((programs, dim), acc, device)
@@ -136,7 +150,7 @@ def backward(
     dst = new_output((num_tokens, dim), weight.dtype, device) if write_rows else partial_w
 
     def launch(config: tuning.Config) -> None:
-        meta, options, single = backward_tile(config, dim, wide)
+        meta, options, single = plan(backward_tile, config, dim, wide)
         stable_embedding_bwd_kernel[(programs,)](
             weight, flat, grad_2d, gamma, mean, rstd, dst, partial_w, partial_b,
             num_tokens, dim, num_rows, padding_idx, rows_per_program,
@@ -182,13 +196,28 @@ def stable_embedding(
 
     ``padding_idx`` (-1: none), ``scale_grad_by_freq``, ``sparse`` and ``deterministic`` only shape the
     backward."""
-    if use_triton(weight, norm_weight, norm_bias):
-        errors.before_call(weight.device)
+    kernels = use_triton(weight, norm_weight, norm_bias)
+    if not kernels and not ids_checked_by_torch(indices):
+        check_index_bounds(indices, weight.shape[0])
+    return fused_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype, kernels)
+
+
+def fused_forward(
+    weight: Tensor, indices: Tensor, norm_weight: Optional[Tensor], norm_bias: Optional[Tensor], eps: float,
+    compute_dtype: torch.dtype, kernels: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The op's forward by the kernel (``kernels``) or the reference path, as the caller chose; bad ids are
+    handled as in :func:`triton_embed.ops.embedding.lookup`."""
+    if kernels:
+        device = weight.device
+        errors.before_call(device)
         result = forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
-        errors.after_call(weight.device)
+        errors.after_call(device)
         return result
-    check_index_bounds(indices, weight.shape[0])
-    return reference.stable_embedding_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
+    try:  # the lookup comes first: a bad id raises before anything is computed
+        return reference.stable_embedding_forward(weight, indices, norm_weight, norm_bias, eps, compute_dtype)
+    except IndexError as error:
+        raise explained(error, indices, weight.shape[0]) from None
 
 
 @stable_embedding.register_fake
@@ -229,7 +258,7 @@ def stable_embedding_backward(
         )
     else:
         rows, dw, db = reference.stable_embedding_backward(
-            grad, weight, indices, norm_weight, norm_bias, eps, compute_dtype
+            grad, weight, indices, norm_weight, norm_bias, eps, compute_dtype, mean, rstd
         )
         if mode == WEIGHT_GRAD_DENSE:
             grad_weight = reference.embedding_dense_backward(
@@ -239,8 +268,8 @@ def stable_embedding_backward(
             grad_weight = rows
         else:
             grad_weight = weight.new_empty((0, weight.shape[1]))
-    empty = weight.new_empty((0,))
-    return grad_weight, dw if dw is not None else empty, db if db is not None else empty.clone()
+    return (grad_weight, dw if dw is not None else weight.new_empty((0,)),
+            db if db is not None else weight.new_empty((0,)))
 
 
 @stable_embedding_backward.register_fake
@@ -271,6 +300,12 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad: Optional[Tensor], _grad_mean, _grad_rstd):
     if grad is None:  # gradients are not materialised: nothing flowed back into the output
         return (None,) * 10
+    return (*gradients(ctx, grad), None, None, None, None, None, None)
+
+
+def gradients(ctx, grad: Tensor) -> tuple[Optional[Tensor], None, Optional[Tensor], Optional[Tensor]]:
+    """(d weight, None, dγ, dβ) of the fused forward whose ``ctx`` holds (weight, indices, γ, β, mean, rstd)
+    and ``options``; a gradient its input does not need is None."""
     weight, indices, norm_weight, norm_bias, mean, rstd = ctx.saved_tensors
     eps, compute_dtype, padding_idx, scale_grad_by_freq, sparse, deterministic = ctx.options
     if not ctx.needs_input_grad[0]:
@@ -279,9 +314,9 @@ def _backward(ctx, grad: Optional[Tensor], _grad_mean, _grad_rstd):
         mode = WEIGHT_GRAD_ROWS
     else:
         mode = WEIGHT_GRAD_DENSE
-    grad_weight, dw, db = torch.ops.triton_embed.stable_embedding_backward(
-        grad, weight, indices, norm_weight, norm_bias, mean, rstd, eps, compute_dtype, mode, padding_idx,
-        scale_grad_by_freq, deterministic,
+    grad_weight, dw, db = run_op(
+        "stable_embedding_backward", grad, weight, indices, norm_weight, norm_bias, mean, rstd, eps, compute_dtype,
+        mode, padding_idx, scale_grad_by_freq, deterministic,
     )
     if mode == WEIGHT_GRAD_NONE:
         grad_weight = None
@@ -292,7 +327,6 @@ def _backward(ctx, grad: Optional[Tensor], _grad_mean, _grad_rstd):
         None,
         dw if norm_weight is not None and ctx.needs_input_grad[2] else None,
         db if norm_bias is not None and ctx.needs_input_grad[3] else None,
-        None, None, None, None, None, None,
     )
 
 
@@ -304,6 +338,8 @@ __all__ = [
     "stable_embedding_backward",
     "forward",
     "backward",
+    "fused_forward",
+    "gradients",
     "WEIGHT_GRAD_DENSE",
     "WEIGHT_GRAD_ROWS",
     "WEIGHT_GRAD_NONE",

@@ -7,10 +7,10 @@ kernel (every gradient row once, and per-chunk dγ/dβ partials), the dγ/dβ fi
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
-import triton
 from torch import Tensor
 
 from triton_embed.kernels.stable_embedding_runs import stable_embedding_runs_kernel
@@ -20,6 +20,7 @@ from .._dispatch import new_output, record_launch
 from .dtypes import accumulator_dtype, tl_dtype
 from .embedding_backward import sorted_pieces
 from .layer_norm import reduce_param_grads
+from .plans import cdiv, plan
 from .tiles import row_width, runs_tile
 
 #: The widest row this path takes (half as wide for float64): a whole row and its LayerNorm backward are held
@@ -27,6 +28,7 @@ from .tiles import row_width, runs_tile
 MAX_BLOCK_D = 4096
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every backward; row_width is not free
 def applies(weight_dtype: torch.dtype, compute_dtype: torch.dtype, dim: int) -> bool:
     """Whether this path serves a dense StableEmbedding backward: the table in the default dtype (so no
     cast rounds each token's input gradient before the sum) and a row of at most MAX_BLOCK_D columns
@@ -69,8 +71,8 @@ def dense_backward(
     gamma, stride_g = (norm_weight, norm_weight.stride(0)) if norm_weight is not None else (weight, 0)
 
     def launch(config: tuning.Config) -> None:
-        meta, options = runs_tile(config, dim, wide)
-        zero_programs = triton.cdiv(num_rows, meta["BLOCK_V"])
+        meta, options = plan(runs_tile, config, dim, wide)
+        zero_programs = cdiv(num_rows, meta["BLOCK_V"])
         stable_embedding_runs_kernel[(num_chunks + zero_programs,)](
             weight, grad_2d, ids, order, head, tail, gamma, mean, rstd, out, partial_w, partial_b,
             num_tokens, dim, num_rows, padding_idx, num_chunks,
