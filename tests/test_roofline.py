@@ -18,6 +18,9 @@ import aot_roofline  # noqa: E402
 from triton_embed.bench import roofline  # noqa: E402
 from triton_embed.bench.roofline_data import ROWS  # noqa: E402
 
+#: Reads and recompiles for GPU targets on the host: nothing a GPU adds (the device run deselects it).
+pytestmark = pytest.mark.host_only
+
 SASS = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
         /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
