@@ -336,7 +336,8 @@ def choose(
             _chosen[key], _sources[key] = cached, "cache"
             return cached
     config, source = CONFIGS[kernel][0], "default"
-    if bench is not None and (force_tune or autotune_enabled()) and not _capturing():
+    # A family of one config has nothing to choose from: timing it would only stall the call.
+    if bench is not None and len(CONFIGS[kernel]) > 1 and (force_tune or autotune_enabled()) and not _capturing():
         config, source = _fastest(kernel, CONFIGS[kernel], bench), "tuned"
     _chosen[key], _sources[key] = config, source
     return config
