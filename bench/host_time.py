@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 import triton_embed
-from triton_embed import _dispatch, reference, tuning
+from triton_embed import reference, tuning
+from triton_embed.runtime import dispatch as _dispatch
 
 from . import impls
 from .cases import Case, case_ids

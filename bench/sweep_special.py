@@ -12,7 +12,7 @@ import triton_embed
 from triton_embed import functional, reference, tuning
 
 from .cases import LAYER_NORM_EPS
-from .sweep import Data, Failed, NotRun, compare, make_data
+from .sweep_core import Data, Failed, NotRun, compare, make_data
 
 #: The table of more than 2³¹ elements on a GPU (bfloat16, 4.3 GB, and as much again for its gradient),
 #: and its small stand-in under the interpreter.

@@ -135,7 +135,7 @@ def on_cpu() -> dict[str, Any]:
     """The same steps traced: configs timed and specializations compiled per step, and the stall predicted."""
     import torch
 
-    from . import plan, trace
+    from .device import plan, trace
 
     steps = []
     with tempfile.TemporaryDirectory():

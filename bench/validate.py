@@ -30,8 +30,8 @@ from triton_embed import tuning
 from . import benchmark, report, verdict
 from . import cases as cases_mod
 from .runner import PASSES
-from .summary import format_summary
 from .stages import SCHEMA, Record, Stage, run_stages  # noqa: F401  (validate.json's schema, for readers)
+from .summary import format_summary
 from .timing import Deadline, Timer
 
 STAGES = ("environment", "compile", "sweep", "tuning", "benchmark", "summary")
@@ -99,7 +99,7 @@ class Validation:
         if not self.gpu:
             return {"ok": True, "specializations": 0,
                     "notes": ["no GPU: the kernels run under the interpreter, nothing is compiled"]}
-        from . import compile_ahead, run_trace
+        from .device import compile_ahead, run_trace
 
         limit = Deadline(min(self.deadline.left(), COMPILE_SHARE * self.budget))
         start = time.perf_counter()
@@ -124,7 +124,7 @@ class Validation:
         return result
 
     def tuning(self) -> dict[str, Any]:
-        from .cli import tune_cases
+        from .session import tune_cases
 
         if self.args.no_tune:  # whatever TRITON_EMBED_AUTOTUNE says: no tuning mid-case either
             os.environ["TRITON_EMBED_AUTOTUNE"] = "0"
@@ -141,7 +141,7 @@ class Validation:
                 "cache_path": str(tuning.cache_path())}
 
     def benchmark(self) -> dict[str, Any]:
-        from .cli import default_peers, setup
+        from .session import default_peers, setup
 
         env = setup(self.gpu, self.args.index_check, self.outcome)
         rounds = self.args.rounds or (3 if self.gpu else 1)

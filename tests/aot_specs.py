@@ -635,7 +635,7 @@ def _quantized_stable_bwd(c):
 
 
 def _quantized_forward_tile(config: dict[str, int], case: dict[str, Any], backend: str) -> dict[str, int]:
-    from triton_embed.ops.quantized import stable_forward_tile
+    from triton_embed.quantized.ops import stable_forward_tile
 
     meta, options, _ = stable_forward_tile(config, case["dim"], _wide(case), case["FORMAT"], backend)
     return {**meta, **options}

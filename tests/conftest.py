@@ -56,7 +56,7 @@ def _auto_backend():
 @pytest.fixture(autouse=True)
 def _poison_outputs():
     """Kernel outputs start as NaN in every test: unwritten elements cannot look right."""
-    from triton_embed import _dispatch
+    from triton_embed.runtime import dispatch as _dispatch
 
     _dispatch.set_poison(True)
     yield

@@ -31,7 +31,8 @@ if not torch.cuda.is_available():
 os.environ.setdefault("TRITON_EMBED_AUTOTUNE", "0")
 
 import triton_embed  # noqa: E402
-from triton_embed import errors, functional  # noqa: E402
+from triton_embed import functional  # noqa: E402
+from triton_embed.runtime import errors
 
 V, D = 9, 5
 KERNELS_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

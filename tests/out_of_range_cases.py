@@ -22,7 +22,8 @@ if not torch.cuda.is_available():  # the kernels under the interpreter (read whe
 os.environ.setdefault("TRITON_EMBED_AUTOTUNE", "0")
 
 import triton_embed  # noqa: E402
-from triton_embed import _dispatch, functional  # noqa: E402
+from triton_embed import functional  # noqa: E402
+from triton_embed.runtime import dispatch as _dispatch
 
 V, D = 9, 5
 SENTINEL = 12345.0

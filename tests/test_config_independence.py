@@ -10,8 +10,8 @@ import triton.language as tl
 
 import triton_embed
 from triton_embed import functional, tuning
-from triton_embed._dispatch import use_triton
 from triton_embed.kernels.reductions import _tree_sum, _tree_sum_columns
+from triton_embed.runtime.dispatch import use_triton
 
 V, D, N = 40, 520, 80  # D > 512: configs walk different numbers of column blocks; N spans 3 chunks
 

@@ -73,7 +73,8 @@ def test_a_training_step_replays_in_a_cuda_graph():
 def test_kernels_write_the_record_in_pinned_memory():
     """The probe's report (the kernels' compare-and-swap and exchanges on pinned host memory) read back
     right, so the host reads reports without a CUDA call; else the record would live on the device."""
-    from triton_embed import errors, functional
+    from triton_embed import functional
+    from triton_embed.runtime import errors
 
     functional.embedding(torch.tensor([1], device="cuda"), torch.randn(4, 2, device="cuda"))
     record = errors._records[torch.device("cuda", torch.cuda.current_device())]
@@ -127,7 +128,8 @@ def test_a_bad_id_in_a_replay_is_reported_after_it():
 
 def test_the_first_op_on_a_device_refuses_to_run_during_capture():
     """The record (pinned memory, zeroed) cannot be made inside a capture: the op says so."""
-    from triton_embed import errors, functional
+    from triton_embed import functional
+    from triton_embed.runtime import errors
 
     device = torch.device("cuda", torch.cuda.current_device())
     weight = torch.randn(50, 8, device=device)

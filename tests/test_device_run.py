@@ -1,4 +1,4 @@
-"""The one GPU command (bench/device_run.py): each part time-boxed (a polite part stops at its signal, a deaf
+"""The one GPU command (bench/device/run.py): each part time-boxed (a polite part stops at its signal, a deaf
 one is killed, with what it left running), the record written after every part and on SIGTERM, the budget
 shared so that a hung part cannot eat the later parts' floors, at most 8 plain files, and the test selection
 it runs on a GPU."""
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from triton_embed.bench import device_parts, device_run
+from triton_embed.bench.device import parts as device_parts
+from triton_embed.bench.device import run as device_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,8 +214,8 @@ def test_the_tuning_cost_budget_is_refused_before_any_work(budget: str, capsys) 
     assert exit_info.value.code == 2 and "--time-budget" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["arguments", "compile_ahead", "device_parts", "device_run", "plan", "report",
-                                  "run_trace", "trace", "verdict"])
+@pytest.mark.parametrize("name", ["arguments", "device.compile_ahead", "device.parts", "device.run", "device.plan",
+                                  "report", "device.run_trace", "device.trace", "verdict"])
 def test_the_bench_docstring_examples_run(name: str) -> None:
     import doctest
     import importlib

@@ -115,7 +115,7 @@ def _page(name: str) -> str:
 
 
 def test_the_budget_tables_are_printed_as_the_code_holds_them() -> None:
-    from triton_embed import traffic
+    from triton_embed.runtime import traffic
 
     assert traffic.markdown_table() in _page("kernels.md")
     assert traffic.markdown_table(traffic.QUANTIZED_BUDGETS) in _page("quantized.md")

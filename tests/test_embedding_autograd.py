@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import triton_embed
 from triton_embed import functional, reference
-from triton_embed._dispatch import interpreter_enabled
+from triton_embed.runtime.dispatch import interpreter_enabled
 
 
 def double(device, *shape):

@@ -9,7 +9,7 @@ import torch
 
 import triton_embed
 from triton_embed import functional
-from triton_embed._dispatch import use_triton
+from triton_embed.runtime.dispatch import use_triton
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_ids_on_another_device_raise(table):
 
 
 def test_forcing_triton_on_cpu_without_the_interpreter_explains(monkeypatch):
-    from triton_embed import _dispatch
+    from triton_embed.runtime import dispatch as _dispatch
 
     monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
     triton_embed.set_backend("triton")

@@ -14,9 +14,12 @@ import pytest
 import torch
 
 import triton_embed
-from triton_embed import _dispatch, errors, functional, quantize
+from triton_embed import functional
 from triton_embed.kernels.errors import error_probe_kernel
 from triton_embed.ops import sharded  # noqa: F401  (registers triton_embed::embedding_shard*)
+from triton_embed.quantized import formats as quantize
+from triton_embed.runtime import dispatch as _dispatch
+from triton_embed.runtime import errors
 
 pytestmark = pytest.mark.skipif(not _dispatch.use_triton(torch.empty(0)) and not torch.cuda.is_available(),
                                 reason="the record is written by the kernels (a GPU, or the interpreter)")

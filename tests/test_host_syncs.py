@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from recorder import recording
 
 import triton_embed
-from recorder import recording
-from triton_embed._dispatch import use_triton
+from triton_embed.runtime.dispatch import use_triton
 
 OPTIONS = [{}, {"padding_idx": 0}, {"max_norm": 1.0}, {"scale_grad_by_freq": True}, {"norm_type": 3.0, "max_norm": 2.0},
            {"sparse": True}]  # a sparse gradient with a padding row drops its tokens: a sync, as in PyTorch

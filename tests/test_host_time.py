@@ -26,7 +26,7 @@ def test_stubbed_launches_launch_nothing_and_undo_themselves():
         pass
     before = [kind.__dict__.get("__getitem__") for kind in kinds]
     with host_time.stubbed_launches():
-        assert triton_embed._dispatch.use_triton(table)  # CPU tensors take the kernels' path
+        assert triton_embed.runtime.dispatch.use_triton(table)  # CPU tensors take the kernels' path
         out = functional.embedding(ids, table)  # its launch a no-op: nothing written
         assert torch.isnan(out).all()  # the tests poison every kernel output
     assert [kind.__dict__.get("__getitem__") for kind in kinds] == before
@@ -40,7 +40,7 @@ def test_measure_returns_every_row_and_restores_the_settings(monkeypatch):
     triton_embed.set_backend("auto")
     result = host_time.measure("cpu", quick=True, bitsandbytes=False)
     assert torch.get_num_threads() == threads and triton_embed.get_backend() == "auto"
-    assert triton_embed._dispatch._poison["enabled"]  # the test fixture's setting, back
+    assert triton_embed.runtime.dispatch._poison["enabled"]  # the test fixture's setting, back
     assert result["launches"] == "stubbed" and "no-op" in result["method"]
     assert any("bitsandbytes" in note for note in result["notes"])
     rows = result["rows"]

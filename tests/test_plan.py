@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from triton_embed import tuning
-from triton_embed.bench import benchmark, cases, compile_ahead, device_parts, plan, run_trace, trace, validate
+from triton_embed.bench import benchmark, cases, validate
+from triton_embed.bench.device import compile_ahead, plan, run_trace, trace
+from triton_embed.bench.device import parts as device_parts
 from triton_embed.bench.timing import Deadline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +159,8 @@ def test_a_trace_records_tritons_own_specialization_key() -> None:
 def test_tracing_refuses_the_interpreter_and_restores_what_it_patched() -> None:
     from triton.runtime.jit import JITFunction
 
-    from triton_embed import _dispatch, tuning
+    from triton_embed import tuning
+    from triton_embed.runtime import dispatch as _dispatch
 
     before = (JITFunction.run, _dispatch.interpreter_enabled, tuning._fastest, os.environ.get("TRITON_EMBED_CACHE_DIR"))
     from triton_embed.kernels.gather import gather_rows_kernel

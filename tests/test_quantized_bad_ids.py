@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import triton_embed
-from triton_embed._dispatch import use_triton
+from triton_embed.runtime.dispatch import use_triton
 
 V, D = 7, 4
 FORMATS = ["int8", "nf4", "fp4"]

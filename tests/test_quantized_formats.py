@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from peers import needs
 
 import triton_embed
-from peers import needs
-from triton_embed import quantize
+from triton_embed.quantized import formats as quantize
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DIMS = [1, 5, 63, 64, 65, 130]

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from oracle import check_against_truth
+from strategies import make_ids
 
 import triton_embed
 from triton_embed import reference
-from triton_embed._dispatch import use_triton
-
-from oracle import check_against_truth
-from strategies import make_ids
+from triton_embed.runtime.dispatch import use_triton
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FORMATS = ["int8", "nf4", "fp4"]

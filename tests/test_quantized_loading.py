@@ -10,10 +10,10 @@ import re
 
 import pytest
 import torch
+from peers import needs
 
 import triton_embed
-from peers import needs
-from triton_embed import quantize
+from triton_embed.quantized import formats as quantize
 
 FORMATS = ["int8", "nf4", "fp4"]
 V, D = 6, 5

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import triton_embed
-from triton_embed import _quantized_module
+from triton_embed.quantized import base as _quantized_module
 
 FORMATS = ["int8", "nf4", "fp4"]
 V, D = 8, 6

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from recorder import recording
 
 import triton_embed
-from recorder import recording
-from triton_embed import traffic
-from triton_embed._dispatch import use_triton
 from triton_embed.ops.layer_norm import backward_programs
 from triton_embed.ops.tiles import backward_tile
+from triton_embed.runtime import traffic
+from triton_embed.runtime.dispatch import use_triton
 
 V, D, N = 2048, 48, 40
 SLACK = 256

@@ -12,15 +12,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from oracle import check_against_truth
+from strategies import default_dtype, make_ids
 
 import triton_embed
 from triton_embed import reference
-from triton_embed._dispatch import use_triton
 from triton_embed.functional import stable_embedding
 from triton_embed.ops import stable_embedding as stable_ops
-
-from oracle import check_against_truth
-from strategies import default_dtype, make_ids
+from triton_embed.runtime.dispatch import use_triton
 
 HEALTH = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                          HealthCheck.data_too_large])

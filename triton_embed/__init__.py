@@ -6,12 +6,10 @@
 torch.Size([3, 16])
 """
 from . import functional, reference, tuning
-from ._dispatch import get_backend, interpreter_enabled, launch_counts, set_backend, use_backend
 from ._version import __version__
 from .convert import replace_embeddings
-from .errors import check_errors, index_check_enabled, index_check_mode, set_index_check
 from .nn import Embedding, StableEmbedding
-from .nn_quantized import (
+from .quantized.modules import (
     Embedding4bit,
     Embedding8bit,
     EmbeddingFP4,
@@ -19,6 +17,8 @@ from .nn_quantized import (
     StableEmbedding4bit,
     StableEmbedding8bit,
 )
+from .runtime.dispatch import get_backend, interpreter_enabled, launch_counts, set_backend, use_backend
+from .runtime.errors import check_errors, index_check_enabled, index_check_mode, set_index_check
 
 __all__ = [
     "Embedding",

@@ -8,9 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _validation as check
-from . import _dispatch
-from ._dispatch import eager, use_triton
 from .ops import eager as _eager
 from .ops import embedding as _embedding_ops  # (also registers triton_embed::embedding*)
 from .ops import layer_norm as _layer_norm_ops  # noqa: F401  (registers triton_embed::layer_norm*)
@@ -21,6 +18,9 @@ from .ops.forward_ad import (
     StableEmbeddingWithForwardAD,
     forward_mode_active,
 )
+from .runtime import dispatch as _dispatch
+from .runtime import validation as check
+from .runtime.dispatch import eager, use_triton
 
 
 def embedding(

@@ -7,9 +7,8 @@ import torch
 from torch import Tensor
 
 from . import functional
-from ._dispatch import fusable_layer_norm
-from ._validation import normalize_padding_idx
-
+from .runtime.dispatch import fusable_layer_norm
+from .runtime.validation import normalize_padding_idx
 
 
 def _register_32bit_optimizer_state(module: torch.nn.Module) -> None:
@@ -85,8 +84,8 @@ class Embedding(torch.nn.Embedding):
         _register_32bit_optimizer_state(self)
 
     #: The ``triton_embed.parallel`` style that parallelized this module, if any: set on the instance under
-    #: ``parallel.styles.STYLE_ATTRIBUTE`` (this name). A class default rather than a ``hasattr`` test: a
-    #: missing attribute costs a raised AttributeError on every call.
+    #: ``parallel.styles.STYLE_ATTRIBUTE`` (this name); the forward then calls its ``sharded_forward``. A class
+    #: default rather than a ``hasattr`` test: a missing attribute costs a raised AttributeError on every call.
     _triton_embed_parallel = None
 
     def reset_parameters(self) -> None:
@@ -98,9 +97,7 @@ class Embedding(torch.nn.Embedding):
 
     def forward(self, input: Tensor) -> Tensor:
         if self._triton_embed_parallel is not None:  # parallelized by triton_embed.parallel: its sharded lookup
-            from .parallel import sharded_forward
-
-            return sharded_forward(self, input)
+            return self._triton_embed_parallel.sharded_forward(self, input)
         return functional.embedding(
             input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
             self.sparse, deterministic=self.deterministic,
@@ -157,9 +154,7 @@ class StableEmbedding(Embedding):
 
     def forward(self, input: Tensor) -> Tensor:
         if self._triton_embed_parallel is not None:
-            from .parallel import sharded_forward
-
-            return sharded_forward(self, input)
+            return self._triton_embed_parallel.sharded_forward(self, input)
         norm = self.norm
         if not fusable_layer_norm(norm, self.embedding_dim):  # another norm, or hooks on it: bitsandbytes' graph
             rows = functional.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 import torch
 import triton
 
-from ._dispatch import interpreter_enabled
 from ._version import __version__
+from .runtime.dispatch import interpreter_enabled
 
 Config = dict[str, int]
 

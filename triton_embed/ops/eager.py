@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._dispatch import IMPLEMENTATIONS
+from ..runtime.dispatch import IMPLEMENTATIONS
 from . import embedding as embedding_ops
 from . import layer_norm as layer_norm_ops
 from . import stable_embedding as stable_ops

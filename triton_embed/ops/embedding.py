@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import errors, reference
-from ..errors import index_check_enabled
-from .._dispatch import custom_op, run_op, use_triton
-from .._validation import check_index_bounds, explained, ids_checked_by_torch
+from .. import reference
+from ..runtime import errors
+from ..runtime.dispatch import custom_op, run_op, use_triton
+from ..runtime.errors import index_check_enabled
+from ..runtime.validation import check_index_bounds, explained, ids_checked_by_torch
 from . import embedding_backward, gather, renorm
 
 

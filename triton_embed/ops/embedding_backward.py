@@ -16,7 +16,7 @@ from triton_embed.kernels.embedding_backward import (
 )
 
 from .. import tuning
-from .._dispatch import device_guard, new_output, record_launch
+from ..runtime.dispatch import device_guard, new_output, record_launch
 from .dtypes import accumulator_dtype
 from .plans import cdiv, plan
 from .tiles import column_tile

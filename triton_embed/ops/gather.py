@@ -6,8 +6,9 @@ import triton
 
 from triton_embed.kernels.gather import gather_rows_kernel
 
-from .. import errors, tuning
-from .._dispatch import device_guard, new_output, record_launch
+from .. import tuning
+from ..runtime import errors
+from ..runtime.dispatch import device_guard, new_output, record_launch
 from .plans import cdiv, plan
 from .tiles import backend_options
 

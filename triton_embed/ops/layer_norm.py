@@ -12,8 +12,9 @@ from torch import Tensor
 from triton_embed.kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel, layer_norm_param_grad_kernel
 from triton_embed.kernels.reductions import PARTIAL_GROUP
 
-from .. import errors, reference, tuning
-from .._dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
+from .. import reference, tuning
+from ..runtime import errors
+from ..runtime.dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
 from .dtypes import accumulator_dtype, tl_dtype
 from .plans import cdiv, plan
 from .scalars import float_bits

@@ -8,10 +8,11 @@ import triton.language as tl
 
 from triton_embed.kernels import renorm as kernels
 
-from .. import errors, tuning
-from .._dispatch import device_guard, record_launch
-from .scalars import float_bits
+from .. import tuning
+from ..runtime import errors
+from ..runtime.dispatch import device_guard, record_launch
 from .plans import cdiv, plan
+from .scalars import float_bits
 from .tiles import backend_options, forward_tile
 
 #: Ids per program of the owner election (a fixed launch: it only scatters atomic minima).

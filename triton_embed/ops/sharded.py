@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import errors, reference
-from .._dispatch import custom_op, use_triton
-from .._validation import check_index_bounds
+from .. import reference
+from ..runtime import errors
+from ..runtime.dispatch import custom_op, use_triton
+from ..runtime.validation import check_index_bounds
 from . import gather, renorm
 
 

@@ -19,17 +19,18 @@ from torch import Tensor
 
 from triton_embed.kernels.stable_embedding import stable_embedding_bwd_kernel, stable_embedding_fwd_kernel
 
-from .. import errors, reference, tuning
-from .._dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
-from .._validation import check_index_bounds, explained, ids_checked_by_torch
+from .. import reference, tuning
+from ..runtime import errors
+from ..runtime.dispatch import custom_op, device_guard, new_output, record_launch, run_op, use_triton
+from ..runtime.validation import check_index_bounds, explained, ids_checked_by_torch
 from .dtypes import accumulator_dtype, tl_dtype
 from .embedding import sparse_backward
 from .embedding_backward import accumulate_rows
 from .layer_norm import backward_programs, reduce_param_grads
-from .stable_embedding_runs import applies as runs_apply
-from .stable_embedding_runs import dense_backward as runs_dense_backward
 from .plans import cdiv, plan
 from .scalars import float_bits
+from .stable_embedding_runs import applies as runs_apply
+from .stable_embedding_runs import dense_backward as runs_dense_backward
 from .tiles import backward_tile, forward_tile
 
 #: ``mode`` of ``triton_embed::stable_embedding_backward``: the weight gradient it returns.

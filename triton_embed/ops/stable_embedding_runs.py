@@ -16,7 +16,7 @@ from torch import Tensor
 from triton_embed.kernels.stable_embedding_runs import stable_embedding_runs_kernel
 
 from .. import tuning
-from .._dispatch import new_output, record_launch
+from ..runtime.dispatch import new_output, record_launch
 from .dtypes import accumulator_dtype, tl_dtype
 from .embedding_backward import sorted_pieces
 from .layer_norm import reduce_param_grads

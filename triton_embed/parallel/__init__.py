@@ -11,19 +11,7 @@ ops (``parallel.sharding``), so the functional API takes DTensors where the shar
 from __future__ import annotations
 
 from . import sharding  # noqa: F401  (registers the custom ops' DTensor sharding rules)
-from .styles import STYLE_ATTRIBUTE, ColwiseParallel, RowwiseParallel
+from .styles import ColwiseParallel, RowwiseParallel
 
 
-def sharded_forward(module, input):
-    """The forward of a module a style of this package has parallelized (its ids already local and replicated):
-    the output as a DTensor in the style's natural layout, which the style then redistributes as asked."""
-    from .colwise import colwise_forward
-    from .rowwise import rowwise_forward
-
-    style = getattr(module, STYLE_ATTRIBUTE)
-    if isinstance(style, RowwiseParallel):
-        return rowwise_forward(module, input, style.output_layouts)
-    return colwise_forward(module, input)
-
-
-__all__ = ["RowwiseParallel", "ColwiseParallel", "sharded_forward"]
+__all__ = ["RowwiseParallel", "ColwiseParallel"]

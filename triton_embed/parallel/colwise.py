@@ -16,8 +16,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Shard
 
-from .. import errors, functional
-from .._dispatch import use_triton
+from .. import functional
+from ..runtime import errors
+from ..runtime.dispatch import use_triton
 
 
 def _round(x: Tensor, dtype: torch.dtype, to: torch.dtype) -> Tensor:

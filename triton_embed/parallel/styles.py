@@ -10,9 +10,10 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle
 
-from .rowwise import check_output_layout
+from .colwise import colwise_forward
+from .rowwise import check_output_layout, rowwise_forward
 
-#: The attribute a parallelized module keeps its style in (read by its forward).
+#: The attribute a parallelized module keeps its style in: its forward calls the style's ``sharded_forward``.
 STYLE_ATTRIBUTE = "_triton_embed_parallel"
 
 
@@ -61,6 +62,12 @@ class _EmbeddingStyle(ParallelStyle):
         self.use_local_output = use_local_output
 
     def _default_output(self) -> Placement:
+        raise NotImplementedError
+
+    def sharded_forward(self, module: nn.Module, input: torch.Tensor) -> DTensor:
+        """The forward of a module this style parallelized (its ids already local and replicated): the output
+        as a DTensor in the style's natural layout, which ``_output`` then redistributes as asked. The module
+        calls it (``module.forward``) without importing this package."""
         raise NotImplementedError
 
     def _norm_placement(self) -> Placement:
@@ -119,6 +126,9 @@ class RowwiseParallel(_EmbeddingStyle):
     def _norm_placement(self) -> Placement:
         return Replicate()
 
+    def sharded_forward(self, module: nn.Module, input: torch.Tensor) -> DTensor:
+        return rowwise_forward(module, input, self.output_layouts)
+
 
 class ColwiseParallel(_EmbeddingStyle):
     """Shard a triton_embed ``Embedding``/``StableEmbedding`` along the embedding dim (``Shard(1)``): the lookup
@@ -141,6 +151,9 @@ class ColwiseParallel(_EmbeddingStyle):
 
     def _norm_placement(self) -> Placement:
         return Shard(0)
+
+    def sharded_forward(self, module: nn.Module, input: torch.Tensor) -> DTensor:
+        return colwise_forward(module, input)
 
     def _output(self, module: nn.Module, output: DTensor, mesh: DeviceMesh):
         layout = self.output_layouts

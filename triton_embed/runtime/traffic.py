@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .ops.embedding_backward import CHUNK
+from ..ops.embedding_backward import CHUNK
 
 
 @dataclass(frozen=True)

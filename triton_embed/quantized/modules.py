@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import quantize as formats
-from ._quantized_module import CheckpointError, _QuantizedEmbedding
+from . import formats as formats
+from .base import CheckpointError, _QuantizedEmbedding
 
 
 class Embedding8bit(_QuantizedEmbedding):
@@ -141,6 +141,8 @@ class Embedding4bit(_QuantizedEmbedding):
     >>> emb(torch.tensor([1, 2])).shape, emb.weight.shape, emb.absmax.shape
     (torch.Size([2, 5]), torch.Size([25, 1]), torch.Size([1]))
     """
+
+    _FOUR_BIT = True
 
     _SCALES = ("absmax", "quant_map")
     _KEYS = ("weight", "weight.absmax", "weight.quant_map", "weight.nested_absmax",

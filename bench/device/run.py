@@ -1,4 +1,4 @@
-"""The one command for a lent GPU machine, from the repository root: ``python3 bench/device_run.py OUT``.
+"""The one command for a lent GPU machine, from the repository root: ``python3 bench/device/run.py OUT``.
 
 It installs the package (``pip install --no-deps --no-build-isolation -e .``: torch, Triton and the test
 tools are already there, and there is no network), then runs each part of :data:`device_parts.PARTS`
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 if __package__:
-    from . import device_parts as parts
+    from . import parts
 else:  # run as a script, before the package is installed: its sibling file, loaded by path
     import importlib.util
 
-    _spec = importlib.util.spec_from_file_location("device_parts", Path(__file__).with_name("device_parts.py"))
+    _spec = importlib.util.spec_from_file_location("device_parts", Path(__file__).with_name("parts.py"))
     parts = importlib.util.module_from_spec(_spec)
     sys.modules["device_parts"] = parts  # dataclasses resolve the module by name
     _spec.loader.exec_module(parts)
@@ -213,8 +213,8 @@ def run(out: Path, todo: Sequence[parts.Part] = parts.PARTS, mode: str | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``device_run.py OUT``: 0 once OUT/device-run.json is written, 2 when OUT cannot be written."""
-    p = argparse.ArgumentParser(prog="python3 bench/device_run.py", description=__doc__.split("\n\n")[0])
+    """``run.py OUT``: 0 once OUT/device-run.json is written, 2 when OUT cannot be written."""
+    p = argparse.ArgumentParser(prog="python3 bench/device/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path, help="the folder that the lent machine brings back ($OUT)")
     p.add_argument("--budget", type=float, help="seconds for the whole run (default 480 on a GPU, 420 on the CPU)")
     args = p.parse_args(argv)

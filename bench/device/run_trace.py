@@ -18,7 +18,8 @@ import torch
 
 import triton_embed
 
-from . import cases, impls, sweep, sweep_special, trace, tune
+from .. import cases, impls, sweep, sweep_special, tune
+from . import trace
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Conversions of the quantized modules (``nn_quantized.py``): ``from_float`` (float embeddings, and
+"""Conversions of the quantized modules (``modules.py``): ``from_float`` (float embeddings, and
 bitsandbytes' quantized modules, whose codes and scales are taken as they are) and ``to_bitsandbytes``.
 bitsandbytes -> triton_embed -> bitsandbytes gives back identical codes and scales.
 
@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from . import quantize as formats
+from . import formats as formats
 
 
 def _bitsandbytes_nn():
@@ -29,9 +29,8 @@ def _instance_of(module: torch.nn.Module, name: str) -> bool:
 
 
 def _fixed_quant_type(cls) -> str | None:
-    from .nn_quantized import EmbeddingFP4, EmbeddingNF4
-
-    return "nf4" if issubclass(cls, EmbeddingNF4) else "fp4" if issubclass(cls, EmbeddingFP4) else None
+    """The 4-bit format a class holds whatever it is asked (EmbeddingNF4, EmbeddingFP4), or None."""
+    return cls._FIXED_QUANT_TYPE
 
 
 def _blank(cls, source: torch.nn.Module, dtype: torch.dtype, device: torch.device, **options):
@@ -67,16 +66,14 @@ def _four_bit_options(cls, quant_type: str, blocksize: int) -> dict:
 
 
 def from_float(cls, module: torch.nn.Module, **options):
-    """See ``_QuantizedEmbedding.from_float``."""
-    from ._quantized_module import _QuantizedEmbedding
-    from .nn_quantized import Embedding4bit
-
-    if isinstance(module, _QuantizedEmbedding):
+    """See ``_QuantizedEmbedding.from_float`` (``cls`` is one of its subclasses, which this module does not import:
+    they call it)."""
+    if getattr(type(module), "_QUANTIZED_TABLE", False):
         raise TypeError(f"{type(module).__name__} is quantized already; dequantize() it into a float module to "
                         "change its format")
     if not isinstance(module, torch.nn.Embedding):
         raise TypeError(f"from_float takes an embedding module, got {type(module).__name__}")
-    four_bit = issubclass(cls, Embedding4bit)
+    four_bit = cls._FOUR_BIT
     weight = module.weight
     if _instance_of(module, "Embedding8bit") or _instance_of(module, "Embedding4bit"):
         bnb_four_bit = _instance_of(module, "Embedding4bit")

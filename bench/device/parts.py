@@ -1,4 +1,4 @@
-"""The parts of the one GPU command (``device_run``): each a subprocess with its command, its limits and what it
+"""The parts of the one GPU command (``device.run``): each a subprocess with its command, its limits and what it
 brings back into OUT. Standard library only: the first part installs the package.
 
 ========================  ==============================================================================
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: What the lent machine brings back: at most 8 files, plain names, at most two folders down.
 MAX_FILES = 8
 NAME_OK = re.compile(r"^[A-Za-z0-9._-]+$")

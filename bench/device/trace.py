@@ -24,7 +24,8 @@ from typing import Any, Iterator
 import torch
 from triton.runtime.jit import JITFunction
 
-from triton_embed import _dispatch, tuning
+from triton_embed import tuning
+from triton_embed.runtime import dispatch as _dispatch
 
 Spec = tuple[str, tuple[Any, ...]]
 

@@ -19,8 +19,9 @@ import os
 import time
 from typing import Any, Callable
 
-from .timing import Deadline
+from ..timing import Deadline
 from .trace import Launch
+
 
 #: Worker processes on a machine of ``os.cpu_count()`` cores: all but one.
 def workers(cpus: int | None = None) -> int:

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import convert_quantized, quantize as formats
-from ._dispatch import fusable_layer_norm
-from ._validation import check_indices_dtype, check_same_device, normalize_padding_idx
-from .ops import quantized as _ops  # noqa: F401  (registers triton_embed::quantized_*)
-
+from ..runtime.dispatch import fusable_layer_norm
+from ..runtime.validation import check_indices_dtype, check_same_device, normalize_padding_idx
+from . import convert as convert_quantized
+from . import formats as formats
+from . import ops as _ops  # noqa: F401  (registers triton_embed::quantized_*)
 
 #: Device types a move to which quantizes a float table (as bitsandbytes does on a move to the GPU).
 QUANTIZING_DEVICES = ("cuda",)
@@ -33,6 +33,10 @@ class _QuantizedEmbedding(torch.nn.Embedding):
     through dtype casts, the lookup ops. Subclasses name their scale buffers and hold the format."""
 
     _SCALES: tuple[str, ...] = ()
+    #: What ``convert.from_float`` reads of a class (it imports none of them): a quantized table's class, and
+    #: a 4-bit one (whose ``_FIXED_QUANT_TYPE`` it reads too).
+    _QUANTIZED_TABLE = True
+    _FOUR_BIT = False
     #: True while the float table has no values yet (built on the meta device, or moved off it by ``to_empty``):
     #: a float table loaded into the module is quantized at once, and moves never quantize the placeholder.
     _quantize_when_loaded: bool = False

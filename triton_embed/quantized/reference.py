@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import layer_norm_backward, layer_norm_forward
+from ..reference import layer_norm_backward, layer_norm_forward
 
 
 def gather_rows(codes: Tensor, scales: Tensor, quant_map: Tensor | None, indices: Tensor, num_rows: int, dim: int,

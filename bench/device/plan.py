@@ -12,7 +12,7 @@ not stretch them): its share of the compile workers ahead of the run, or all of 
 when the compile stage could not hold it. What only the GPU knows (how long its ops take) comes from
 :data:`GPU_SECONDS`, stated assumptions. The JSON lists each stage (its cases or checks, the
 specializations it brings, its estimated seconds), ``estimated_seconds``, ``budget_seconds``, ``fits``,
-and the device command's parts (``device_parts``) against their own budget.
+and the device command's parts (``device.parts``) against their own budget.
 """
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-from . import benchmark, cases, compile_ahead, device_parts, impls, runner, trace
+from .. import benchmark, cases, impls, runner
+from ..runner import PASSES
+from ..timing import Deadline, Timer
+from . import compile_ahead, trace
+from . import parts as device_parts
 from .run_trace import Step, TracedRun, patched, trace_run
-from .runner import PASSES
-from .timing import Deadline, Timer
 
 #: The GPU (and machine) the plan is for.
 DEVICE = {"gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0", "sm_count": 132, "memory_gib": 79.6, "cpus": 16}
@@ -187,7 +189,7 @@ def compile_time(run: TracedRun, say: Callable[[str], None]) -> dict[str, Any]:
 def schedule(run: TracedRun, compiles: dict[str, Any], budget: float, todo: list[cases.Case],
              compile_cases: list[cases.Case], peers: list[str], rounds: int, no_tune: bool) -> list[dict[str, Any]]:
     """Pass two: the stages on the simulated clock, as the run's limits decide them."""
-    from .validate import COMPILE_SHARE, SWEEP_SHARE, TUNING_SHARE
+    from ..validate import COMPILE_SHARE, SWEEP_SHARE, TUNING_SHARE
 
     sched = Schedule(run, budget, compiles["per_specialization_s"])
     sched.clock.advance(GPU_SECONDS["environment"])
@@ -203,7 +205,7 @@ def schedule(run: TracedRun, compiles: dict[str, Any], budget: float, todo: list
 
 def build(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     """The plan of ``--validate`` with ``args`` (its --time-budget, --no-tune, --peers, --rounds) on an H100."""
-    from .cli import VALIDATE_BUDGET_S, default_peers
+    from ..session import VALIDATE_BUDGET_S, default_peers
 
     budget = args.time_budget or VALIDATE_BUDGET_S
     todo, compile_cases = cases.validate_cases(True, args.quick)

@@ -26,13 +26,15 @@ from triton_embed.kernels.quantized import (
     quantized_stable_fwd_kernel,
 )
 
-from .. import errors, reference_quantized, tuning
-from .._dispatch import custom_op, device_guard, new_output, record_launch, use_triton
-from .._validation import check_index_bounds
-from .dtypes import accumulator_dtype, tl_dtype
-from .layer_norm import backward_programs, reduce_param_grads
-from .scalars import float_bits
-from .tiles import backend_options, backward_tile, forward_tile
+from .. import tuning
+from ..ops.dtypes import accumulator_dtype, tl_dtype
+from ..ops.layer_norm import backward_programs, reduce_param_grads
+from ..ops.scalars import float_bits
+from ..ops.tiles import backend_options, backward_tile, forward_tile
+from ..runtime import errors
+from ..runtime.dispatch import custom_op, device_guard, new_output, record_launch, use_triton
+from ..runtime.validation import check_index_bounds
+from . import reference as reference_quantized
 
 INT8_ROWS, BLOCKWISE_4BIT = 0, 1
 _VARIANTS = {INT8_ROWS: "int8", BLOCKWISE_4BIT: "4bit"}
