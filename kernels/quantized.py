@@ -19,7 +19,9 @@ import triton.language as tl
 
 from .errors import _record_bad_ids, _valid_ids
 from .gather import OP_GATHER
-from .layer_norm import _layer_norm_backward_source, _layer_norm_forward_source, _store_partial_row, _zero_partial_row
+from .layer_norm_backward import _layer_norm_backward_source
+from .layer_norm_forward import _layer_norm_forward_source
+from .layer_norm_rows import _backward_program, _finish_backward_program, _token_rows
 from .numerics import _exact_float, _round
 from .stable_embedding import OP_STABLE_EMBEDDING
 
@@ -205,19 +207,10 @@ def quantized_stable_bwd_kernel(
     re-dequantized rows; ``layer_norm_param_grad_kernel`` finishes them. Every token adds to dγ/dβ, padding
     ones too. BLOCK_T is fixed by D: the sums do not depend on the config."""
     LOAD: tl.constexpr = _load_int8_rows if FORMAT == INT8_ROWS else _load_4bit_rows
-    pid = tl.program_id(0)
-    row_start = pid.to(tl.int64) * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, N)
-    pw = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-    pb = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-    if not SINGLE_BLOCK:
-        _zero_partial_row(partial_w_ptr, partial_b_ptr, pid, D, ACC_DTYPE, BLOCK_D)
+    pid, row_start, row_end, pw, pb = _backward_program(partial_w_ptr, partial_b_ptr, N, rows_per_program, D,
+                                                        ACC_DTYPE, SINGLE_BLOCK, BLOCK_D)
     for r0 in range(row_start, row_end, BLOCK_T):
-        tokens = r0 + tl.arange(0, BLOCK_T)
-        token_mask = tokens < row_end
-        tokens64 = tokens.to(tl.int64)
-        rows = tl.load(indices_ptr + tokens64 * stride_i, mask=token_mask, other=0).to(tl.int64)
-        valid = _valid_ids(rows, token_mask, V)
+        tokens64, token_mask, rows, valid = _token_rows(indices_ptr, r0, row_end, stride_i, V, BLOCK_T)
         src = (codes_ptr, scales_ptr, codebook_ptr, rows, valid, D, block_shift, stride_cv, stride_cd, grad_ptr)
         tile_w, tile_b = _layer_norm_backward_source(
             LOAD, src, valid,
@@ -230,5 +223,4 @@ def quantized_stable_bwd_kernel(
         )
         pw += tile_w
         pb += tile_b
-    if SINGLE_BLOCK:
-        _store_partial_row(partial_w_ptr, partial_b_ptr, pid, pw, pb, D, BLOCK_D)
+    _finish_backward_program(partial_w_ptr, partial_b_ptr, pid, pw, pb, D, SINGLE_BLOCK, BLOCK_D)

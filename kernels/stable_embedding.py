@@ -13,7 +13,9 @@ import triton
 import triton.language as tl
 
 from .errors import _record_bad_ids, _valid_ids
-from .layer_norm import _layer_norm_backward_rows, _layer_norm_forward_rows, _store_partial_row, _zero_partial_row
+from .layer_norm_backward import _layer_norm_backward_rows
+from .layer_norm_forward import _layer_norm_forward_rows
+from .layer_norm_rows import _backward_program, _finish_backward_program, _token_rows
 from .numerics import _exact_float
 
 #: Op code of the fused forward in the error record.
@@ -104,19 +106,10 @@ def stable_embedding_bwd_kernel(
     then to the weight's dtype as bitsandbytes' casts do; the weight gradient is then summed from these rows
     by ``embedding_backward.py``. Padding tokens add to the dγ/dβ partials but never to the weight
     gradient. BLOCK_T is fixed by D: the partials' sums do not depend on the config."""
-    pid = tl.program_id(0)
-    row_start = pid.to(tl.int64) * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, N)
-    pw = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-    pb = tl.zeros([BLOCK_D], dtype=ACC_DTYPE)
-    if not SINGLE_BLOCK:
-        _zero_partial_row(partial_w_ptr, partial_b_ptr, pid, D, ACC_DTYPE, BLOCK_D)
+    pid, row_start, row_end, pw, pb = _backward_program(partial_w_ptr, partial_b_ptr, N, rows_per_program, D,
+                                                        ACC_DTYPE, SINGLE_BLOCK, BLOCK_D)
     for r0 in range(row_start, row_end, BLOCK_T):
-        tokens = r0 + tl.arange(0, BLOCK_T)
-        token_mask = tokens < row_end
-        tokens64 = tokens.to(tl.int64)
-        rows = tl.load(indices_ptr + tokens64 * stride_i, mask=token_mask, other=0).to(tl.int64)
-        valid = _valid_ids(rows, token_mask, V)
+        tokens64, token_mask, rows, valid = _token_rows(indices_ptr, r0, row_end, stride_i, V, BLOCK_T)
         if ALL_ROWS:
             dst_valid = token_mask
         else:
@@ -133,5 +126,4 @@ def stable_embedding_bwd_kernel(
         )
         pw += tile_w
         pb += tile_b
-    if SINGLE_BLOCK:
-        _store_partial_row(partial_w_ptr, partial_b_ptr, pid, pw, pb, D, BLOCK_D)
+    _finish_backward_program(partial_w_ptr, partial_b_ptr, pid, pw, pb, D, SINGLE_BLOCK, BLOCK_D)

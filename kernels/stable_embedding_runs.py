@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .embedding_backward import SEG, _gradient_rows, _run_sum, _search
-from .layer_norm import _inverse, _load_vector, _store_partial_row
+from .layer_norm_rows import _inverse, _load_vector, _store_partial_row
 from .numerics import _div, _round
 from .reductions import _row_sum
 

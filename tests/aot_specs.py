@@ -94,7 +94,7 @@ def _fmt(value: Any) -> str:
 
 
 #: The approximate-math class the LayerNorm family may use: the float32 rstd is the hardware reciprocal
-#: square root, as PyTorch's CUDA LayerNorm computes it (``kernels/layer_norm.py``'s ``_rstd``).
+#: square root, as PyTorch's CUDA LayerNorm computes it (``kernels/layer_norm_rows.py``'s ``_rstd``).
 LAYER_NORM_APPROX = frozenset({"rsqrt"})
 
 
@@ -364,7 +364,7 @@ EMBEDDING_ROWS_SETTINGS = with_dims((
 ))
 
 
-# --- kernels/layer_norm.py -----------------------------------------------------------------------
+# --- kernels/layer_norm_forward.py, layer_norm_backward.py -------------------------------------------------------------------
 # Absent LayerNorm parameters are replaced by another tensor of the call with stride 0 (or the partial
 # buffers with their row stride, for dγ/dβ): their pointer type is then that tensor's dtype.
 
@@ -679,12 +679,12 @@ SPECS: dict[str, KernelSpec] = {
         # "stable_rows" lists the same configs as "embedding_rows": PARAM_GRADS covers its variant.
         KernelSpec(f"{_K}.embedding_backward", "embedding_bwd_rows_kernel", "embedding_rows", W_IDX_ROWS,
                    _embedding_rows, _n64(EMBEDDING_ROWS_SETTINGS), launch_config=_column_tile, max_barriers=40),
-        KernelSpec(f"{_K}.layer_norm", "layer_norm_fwd_kernel", "layer_norm", X_ROWS, _layer_norm_fwd,
+        KernelSpec(f"{_K}.layer_norm_forward", "layer_norm_fwd_kernel", "layer_norm", X_ROWS, _layer_norm_fwd,
                    _n64(LAYER_NORM_FWD_SETTINGS), launch_config=_forward_tile, approx=LAYER_NORM_APPROX,
                    same_sums=True, max_barriers=16),
-        KernelSpec(f"{_K}.layer_norm", "layer_norm_bwd_kernel", "layer_norm_backward", X_ROWS, _layer_norm_bwd,
+        KernelSpec(f"{_K}.layer_norm_backward", "layer_norm_bwd_kernel", "layer_norm_backward", X_ROWS, _layer_norm_bwd,
                    _n64(LAYER_NORM_BWD_SETTINGS), launch_config=_backward_tile, same_sums=True, max_barriers=28),
-        KernelSpec(f"{_K}.layer_norm", "layer_norm_param_grad_kernel", "layer_norm_param_grad", X_ROWS,
+        KernelSpec(f"{_K}.layer_norm_backward", "layer_norm_param_grad_kernel", "layer_norm_param_grad", X_ROWS,
                    _layer_norm_param_grad, PARAM_GRAD_SETTINGS, launch_config=_param_grad_tile, max_barriers=40),
         KernelSpec(f"{_K}.stable_embedding", "stable_embedding_fwd_kernel", "stable_forward", W_ROWS, _stable_fwd,
                    _n64(STABLE_FWD_SETTINGS), vector_loads=("BLOCK_T", "BLOCK_D"), launch_config=_forward_tile,

@@ -1,4 +1,4 @@
-"""LayerNorm over the last dim: launchers of the kernels in ``kernels/layer_norm.py`` and the custom ops
+"""LayerNorm over the last dim: launchers of the kernels in ``kernels/layer_norm_forward.py`` and ``layer_norm_backward.py`` and the custom ops
 ``triton_embed::layer_norm`` / ``triton_embed::layer_norm_backward`` (fake implementations for tracing, a
 registered autograd formula), which dispatch to the launchers or to the reference path."""
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from triton_embed.kernels.layer_norm import layer_norm_bwd_kernel, layer_norm_fwd_kernel, layer_norm_param_grad_kernel
+from triton_embed.kernels.layer_norm_backward import layer_norm_bwd_kernel, layer_norm_param_grad_kernel
+from triton_embed.kernels.layer_norm_forward import layer_norm_fwd_kernel
 from triton_embed.kernels.reductions import PARTIAL_GROUP
 
 from .. import reference, tuning
