@@ -53,7 +53,7 @@ def roofline_section() -> str:
 
     remaining = roofline.remaining_note()
     return (f"Static roofline (a model from the compiled code, not a measurement; sm_90a and sm_100a SASS from "
-            f"Triton {TRITON_VERSION}, default configs; `python tests/aot_roofline.py --write "
+            f"Triton {TRITON_VERSION}, default configs; `python tests/aot/aot_roofline.py --write "
             f"bench/roofline_data.py` regenerates it). {roofline.legend()}\n\n{roofline.table()}\n\n{remaining}")
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import triton_embed
 from triton_embed import reference, tuning
-from triton_embed.runtime import dispatch as _dispatch
+from triton_embed.runtime import dispatch
 
 from . import impls
 from .cases import Case, case_ids
@@ -100,13 +100,13 @@ def stubbed_launches() -> Iterator[None]:
     except ImportError:  # pragma: no cover - every supported Triton has the interpreter
         pass
     saved = [(kind, kind.__dict__.get("__getitem__")) for kind in kinds]
-    interpreter = _dispatch.interpreter_enabled
+    interpreter = dispatch.interpreter_enabled
     autotune = os.environ.get("TRITON_EMBED_AUTOTUNE")
     os.environ["TRITON_EMBED_AUTOTUNE"] = "0"
     for kind in kinds:
         kind.__getitem__ = lambda self, grid: _launch_nothing
     if not interpreter():  # compiled kernels, CPU tensors: route them to the kernels' path anyway
-        _dispatch.interpreter_enabled = lambda: True
+        dispatch.interpreter_enabled = lambda: True
     try:
         yield
     finally:
@@ -115,7 +115,7 @@ def stubbed_launches() -> Iterator[None]:
                 del kind.__getitem__
             else:
                 kind.__getitem__ = original
-        _dispatch.interpreter_enabled = interpreter
+        dispatch.interpreter_enabled = interpreter
         if autotune is None:
             os.environ.pop("TRITON_EMBED_AUTOTUNE", None)
         else:
@@ -239,10 +239,10 @@ def measure(device: torch.device | str, *, quick: bool = False, deadline: Deadli
     peer_note = _peer_stable_class(bitsandbytes)[1]
     if peer_note:
         notes.append(peer_note)
-    threads, poison, backend = torch.get_num_threads(), _dispatch._poison["enabled"], triton_embed.get_backend()
+    threads, poison, backend = torch.get_num_threads(), dispatch._poison["enabled"], triton_embed.get_backend()
     collecting = gc.isenabled()
     torch.set_num_threads(1)
-    _dispatch.set_poison(False)
+    dispatch.set_poison(False)
     gc.disable()
     try:
         for target in TARGETS:
@@ -258,7 +258,7 @@ def measure(device: torch.device | str, *, quick: bool = False, deadline: Deadli
                 rows.append(_measure_row(target, torch.device("cpu"), quick, bitsandbytes))
     finally:
         torch.set_num_threads(threads)
-        _dispatch.set_poison(poison)
+        dispatch.set_poison(poison)
         triton_embed.set_backend(backend)
         if collecting:
             gc.enable()
@@ -338,7 +338,7 @@ def profile(op: str, pass_: str, calls: int = 2000, top: int = 25) -> str:
     import io
     import pstats
 
-    device = torch.device("cuda" if torch.cuda.is_available() and not _dispatch.interpreter_enabled() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and not dispatch.interpreter_enabled() else "cpu")
     ours, _, ids, grad, _ = _modules(op, TINY, device, "nn.Embedding", bitsandbytes=False)
     step = _step(ours, list(ours.parameters()), ids, grad, pass_)
     with contextlib.nullcontext() if device.type == "cuda" else stubbed_launches():
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         print(profile(*args.profile))
         return
-    device = torch.device("cuda" if torch.cuda.is_available() and not _dispatch.interpreter_enabled() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() and not dispatch.interpreter_enabled() else "cpu")
     torch.set_num_threads(1)
     deadline = Deadline(args.time_budget) if args.time_budget else None
     result = measure(device, quick=args.quick, deadline=deadline)

@@ -1,7 +1,7 @@
 """A static roofline of every kernel at the LM shapes: would it be issue-bound, latency-bound or
 memory-bound on an H100 or a B200? A model from the compiled code, not a measurement.
 
-The data (``roofline_data.py``) comes from ``python tests/aot_roofline.py --write bench/roofline_data.py``:
+The data (``roofline_data.py``) comes from ``python tests/aot/aot_roofline.py --write bench/roofline_data.py``:
 per kernel, dtype and D, the hot region of its SASS (the program, or the loop that does the work), the
 warp instructions one pass over it issues (SASS instructions x warps), the bytes that pass moves (the
 tile: ids, rows read and written, statistics) and the programs resident per SM (registers and shared

@@ -1,5 +1,5 @@
 """Device-side id checks: kernels mask every out-of-range id and note one in an error record, so a bad id
-never becomes a wild pointer and the host learns of it without a sync (``triton_embed/errors.py``).
+never becomes a wild pointer and the host learns of it without a sync (``triton_embed/runtime/errors.py``).
 
 The record is four int64 (``state, bad id, number of rows, op``), in pinned host memory that kernels write
 directly (or in device memory, copied to the host after each call, where that is not possible). One report
@@ -13,7 +13,7 @@ exchange keep their program order. The host treats anything but COMPLETE as no r
 import triton
 import triton.language as tl
 
-#: ``state`` values (the host side, ``triton_embed/errors.py``, uses the same numbers).
+#: ``state`` values (the host side, ``triton_embed/runtime/errors.py``, uses the same numbers).
 EMPTY = tl.constexpr(0)
 CLAIMED = tl.constexpr(1)
 COMPLETE = tl.constexpr(2)

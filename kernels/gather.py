@@ -4,7 +4,7 @@ import triton.language as tl
 
 from .errors import _record_bad_ids, _valid_ids
 
-#: Op code of this kernel in the error record (``triton_embed/errors.py`` names it).
+#: Op code of this kernel in the error record (``triton_embed/runtime/errors.py`` names it).
 OP_GATHER = tl.constexpr(1)
 
 

@@ -1,6 +1,6 @@
 """Quantized tables: gather + dequantize of the selected rows only, and the fused StableEmbedding on them.
 
-Formats (``FORMAT`` constexpr; bitsandbytes' storage, ``triton_embed/quantize.py`` defines them):
+Formats (``FORMAT`` constexpr; bitsandbytes' storage, ``triton_embed/quantized/formats.py`` defines them):
 
 - ``INT8_ROWS`` (0): ``codes`` (V, D) int8, strides (stride_cv, stride_cd); ``scales`` (V,) float32, contiguous,
   one absmax per row. Value: ``code * (absmax / 127)`` in float32.

@@ -18,7 +18,7 @@ from .ops.forward_ad import (
     StableEmbeddingWithForwardAD,
     forward_mode_active,
 )
-from .runtime import dispatch as _dispatch
+from .runtime import dispatch
 from .runtime import validation as check
 from .runtime.dispatch import eager, use_triton
 
@@ -201,7 +201,7 @@ def layer_norm(
     elif torch.is_grad_enabled() and _any_requires_grad(x, w, b):
         y = _eager.layer_norm(x, w, b, float(eps))
     else:
-        y, _, _ = _dispatch.IMPLEMENTATIONS["triton_embed::layer_norm"](x, w, b, float(eps))
+        y, _, _ = dispatch.IMPLEMENTATIONS["triton_embed::layer_norm"](x, w, b, float(eps))
     return y.view(input.shape)
 
 

@@ -133,12 +133,12 @@ def read_environment(ctx: Context, result: dict[str, Any]) -> None:
 def tests_argv(ctx: Context, limit: float) -> list[str]:
     """pytest natively on the GPU: every test but the property sweep and the host-only ones, no ``-x``, one
     line per test; in parallel workers (compiles dominate) and a per-test limit where the plugins are there."""
-    tests = REPO / "tests"
+    found = {p.name: p for p in sorted((REPO / "tests").rglob("test_*.py"))}  # the test files, by name
     if ctx.mode == "gpu":  # every test file, named one by one: pytest keeps that order (a folder it would sort)
-        rest = sorted(p.name for p in tests.glob("test_*.py") if p.name not in GPU_FIRST)
-        files = [str(tests / name) for name in (*GPU_FIRST, *rest)]
+        rest = sorted(name for name in found if name not in GPU_FIRST)
+        files = [str(found[name]) for name in (*GPU_FIRST, *rest)]
     else:
-        files = [str(tests / name) for name in CPU_TESTS]
+        files = [str(found[name]) for name in CPU_TESTS]
     argv = [ctx.python, "-m", "pytest", "-p", "no:cacheprovider", "-m", TEST_SELECTION, "-v", "-rfEs",
             "--color=no", *files]
     if ctx.mode == "gpu" and _has("xdist"):

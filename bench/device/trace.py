@@ -25,7 +25,7 @@ import torch
 from triton.runtime.jit import JITFunction
 
 from triton_embed import tuning
-from triton_embed.runtime import dispatch as _dispatch
+from triton_embed.runtime import dispatch
 
 Spec = tuple[str, tuple[Any, ...]]
 
@@ -144,27 +144,27 @@ def gpu_launches(trace: Trace, autotune: bool = False) -> Iterator[Trace]:
         trace.timed += len(configs)
         return configs[0]
 
-    saved = {"run": JITFunction.run, "interp": _dispatch.interpreter_enabled, "tuning_interp": tuning.interpreter_enabled,
-             "fastest": tuning._fastest, "capturing": tuning._capturing, "poison": _dispatch._poison["enabled"],
+    saved = {"run": JITFunction.run, "interp": dispatch.interpreter_enabled, "tuning_interp": tuning.interpreter_enabled,
+             "fastest": tuning._fastest, "capturing": tuning._capturing, "poison": dispatch._poison["enabled"],
              "env": {k: os.environ.get(k) for k in ("TRITON_EMBED_AUTOTUNE", "TRITON_EMBED_CACHE_DIR")}}
     with tempfile.TemporaryDirectory(prefix="triton-embed-trace-") as cache:
         JITFunction.run = run
-        _dispatch.interpreter_enabled = lambda: True  # CPU tensors take the kernels' launchers
+        dispatch.interpreter_enabled = lambda: True  # CPU tensors take the kernels' launchers
         tuning.interpreter_enabled = lambda: False  # ... with the GPU config lists
         tuning._fastest = every_config
         tuning._capturing = lambda: False
-        _dispatch.set_poison(False)
+        dispatch.set_poison(False)
         os.environ.update(TRITON_EMBED_AUTOTUNE="1" if autotune else "0", TRITON_EMBED_CACHE_DIR=cache)
         tuning.forget_choices()
         try:
             yield trace
         finally:
             JITFunction.run = saved["run"]
-            _dispatch.interpreter_enabled = saved["interp"]
+            dispatch.interpreter_enabled = saved["interp"]
             tuning.interpreter_enabled = saved["tuning_interp"]
             tuning._fastest = saved["fastest"]
             tuning._capturing = saved["capturing"]
-            _dispatch.set_poison(saved["poison"])
+            dispatch.set_poison(saved["poison"])
             for key, value in saved["env"].items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -17,7 +17,7 @@ def gather(weight: torch.Tensor, indices: torch.Tensor, row_start: int = 0, tota
            ) -> torch.Tensor:
     """``weight[indices]`` by the Triton kernel; output ``indices.shape + (D,)`` in weight's dtype.
 
-    Ids outside ``[0, V)`` give zero rows and are noted in the device's error record (``errors.py``). For a
+    Ids outside ``[0, V)`` give zero rows and are noted in the device's error record (``runtime/errors.py``). For a
     shard of a vocabulary-sharded table, ``weight`` holds rows ``[row_start, row_start + V)`` of a table of
     ``total_rows``: ids of other shards give zero rows, only ids outside ``[0, total_rows)`` are errors.
     """

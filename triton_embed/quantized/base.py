@@ -1,7 +1,7 @@
-"""The machinery every quantized table module shares (``nn_quantized.py`` holds the formats): quantization
+"""The machinery every quantized table module shares (``modules.py`` holds the formats): quantization
 on request or on moving to CUDA, float32 scales and integer codes that dtype casts never touch, the lookup
 ops, state_dict loading of a float or a quantized table (all or nothing: a load that fails leaves the module
-as it was), and the conversions (``convert_quantized.py``)."""
+as it was), and the conversions (``convert.py``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,8 +11,8 @@ from torch import Tensor
 
 from ..runtime.dispatch import fusable_layer_norm
 from ..runtime.validation import check_indices_dtype, check_same_device, normalize_padding_idx
-from . import convert as convert_quantized
-from . import formats as formats
+from . import convert
+from . import formats
 from . import ops as _ops  # noqa: F401  (registers triton_embed::quantized_*)
 
 #: Device types a move to which quantizes a float table (as bitsandbytes does on a move to the GPU).
@@ -247,11 +247,11 @@ class _QuantizedEmbedding(torch.nn.Embedding):
         the meta device that quantizes the float table loaded into it (``load_state_dict``, also with
         ``assign=True``), or else at its first forward or move to CUDA. ``options``: ``quant_type``,
         ``blocksize`` for the 4-bit formats."""
-        return convert_quantized.from_float(cls, module, **options)
+        return convert.from_float(cls, module, **options)
 
     def to_bitsandbytes(self) -> torch.nn.Module:
         """bitsandbytes' module of this format holding these very codes and scales (needs bitsandbytes)."""
-        return convert_quantized.to_bitsandbytes(self)
+        return convert.to_bitsandbytes(self)
 
     def extra_repr(self) -> str:
         text = f"{self.num_embeddings}, {self.embedding_dim}, dtype={self.dtype}"

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from . import formats as formats
+from . import formats
 
 
 def _bitsandbytes_nn():

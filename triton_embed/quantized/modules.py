@@ -1,7 +1,7 @@
 """Quantized tables: drop-ins for bitsandbytes' ``Embedding8bit``, ``Embedding4bit`` (``EmbeddingNF4``,
 ``EmbeddingFP4``), and quantized StableEmbeddings, on fused gather + dequantize kernels.
 
-Same constructors and storage as bitsandbytes (codes and scales bit for bit, ``triton_embed.quantize``),
+Same constructors and storage as bitsandbytes (codes and scales bit for bit, ``triton_embed.quantized.formats``),
 plus: a keyword-only ``padding_idx`` (the row is zeroed at init, as ``torch.nn.Embedding`` does; the table
 is frozen, so there is no gradient to mask), ``state_dict()`` / ``load_state_dict()`` in bitsandbytes' own
 checkpoint layouts, lookups that read only the selected rows for any D, and conversions both ways
@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import formats as formats
+from . import formats
 from .base import CheckpointError, _QuantizedEmbedding
 
 

@@ -1,7 +1,7 @@
 """Quantized tables: launchers of ``kernels/quantized.py`` and the custom ops
 ``triton_embed::quantized_embedding``, ``triton_embed::quantized_stable_embedding`` and its backward (fake
 implementations for tracing, a registered autograd formula), which dispatch to the launchers or to the
-reference path (``reference_quantized.py``).
+reference path (``quantized/reference.py``).
 
 A table is ``(codes, scales, quant_map)`` in one of bitsandbytes' formats, told apart by the codes' dtype:
 int8 codes (V, D) with (V,) float32 row absmax, or uint8 packed 4-bit codes (⌈V·D/2⌉ bytes) with
@@ -34,7 +34,7 @@ from ..ops.tiles import backend_options, backward_tile, forward_tile
 from ..runtime import errors
 from ..runtime.dispatch import custom_op, device_guard, new_output, record_launch, use_triton
 from ..runtime.validation import check_index_bounds
-from . import reference as reference_quantized
+from . import reference
 
 INT8_ROWS, BLOCKWISE_4BIT = 0, 1
 _VARIANTS = {INT8_ROWS: "int8", BLOCKWISE_4BIT: "4bit"}
@@ -193,7 +193,7 @@ def quantized_embedding(codes: Tensor, scales: Tensor, quant_map: Optional[Tenso
         errors.after_call(codes.device)
         return out
     check_index_bounds(indices, num_embeddings)
-    return reference_quantized.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
+    return reference.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
                                            blocksize, out_dtype)
 
 
@@ -216,9 +216,9 @@ def quantized_stable_embedding(
         errors.after_call(codes.device)
         return result
     check_index_bounds(indices, num_embeddings)
-    rows = reference_quantized.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
+    rows = reference.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
                                            blocksize, out_dtype)
-    return reference_quantized.stable_forward(rows, norm_weight, norm_bias, eps, compute_dtype)
+    return reference.stable_forward(rows, norm_weight, norm_bias, eps, compute_dtype)
 
 
 @quantized_stable_embedding.register_fake
@@ -242,9 +242,9 @@ def quantized_stable_embedding_backward(
         dw, db = stable_backward(grad, codes, scales, quant_map, indices, norm_weight, norm_bias, mean, rstd,
                                  num_embeddings, embedding_dim, blocksize, compute_dtype)
     elif indices.numel() and embedding_dim:
-        rows = reference_quantized.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
+        rows = reference.gather_rows(codes, scales, quant_map, indices, num_embeddings, embedding_dim,
                                                blocksize, grad.dtype)
-        dw, db = reference_quantized.stable_backward(grad, rows, norm_weight, norm_bias, eps, compute_dtype)
+        dw, db = reference.stable_backward(grad, rows, norm_weight, norm_bias, eps, compute_dtype)
     else:
         dw = torch.zeros_like(norm_weight) if norm_weight is not None else None
         db = torch.zeros_like(norm_bias) if norm_bias is not None else None

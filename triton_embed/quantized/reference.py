@@ -1,6 +1,6 @@
 """The reference path of the quantized ops: PyTorch alone, reading only the named rows' codes and scales
 (the path for CPU tensors outside the interpreter). The tests' oracle is the other formulation, the whole
-table dequantized (``triton_embed.quantize``) and then looked up.
+table dequantized (``triton_embed.quantized.formats``) and then looked up.
 
 A table is ``(codes, scales, quant_map)``: int8 codes (V, D) with (V,) row absmax (``quant_map`` unused), or
 packed 4-bit codes (⌈V·D/2⌉ bytes, any shape) with (⌈V·D/B⌉,) block absmax and the (16,) codebook.
