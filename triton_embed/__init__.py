@@ -9,7 +9,7 @@ from . import functional, reference, tuning
 from ._version import __version__
 from .convert import replace_embeddings
 from .nn import Embedding, StableEmbedding
-from .quantized.modules import (
+from .quantized import (
     Embedding4bit,
     Embedding8bit,
     EmbeddingFP4,

@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 
 from .nn import Embedding, StableEmbedding
-from .quantized.modules import Embedding4bit, Embedding8bit, StableEmbedding4bit, StableEmbedding8bit
+from .quantized import Embedding4bit, Embedding8bit, StableEmbedding4bit, StableEmbedding8bit
 
 __all__ = ["replace_embeddings"]
 
@@ -21,7 +21,7 @@ M = TypeVar("M", bound=torch.nn.Module)
 _CONTAINERS = ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules")
 #: Public names of the modules where the classes are defined.
 _PUBLIC = {"torch.nn.modules.sparse": "torch.nn", "triton_embed.nn": "triton_embed",
-           "triton_embed.quantized.modules": "triton_embed"}
+           "triton_embed.quantized.int8": "triton_embed", "triton_embed.quantized.four_bit": "triton_embed"}
 #: ``quantize=`` of :func:`replace_embeddings`: (plain class, StableEmbedding class, 4-bit quant_type or None).
 _QUANTIZED = {"int8": (Embedding8bit, StableEmbedding8bit, None), "nf4": (Embedding4bit, StableEmbedding4bit, "nf4"),
               "fp4": (Embedding4bit, StableEmbedding4bit, "fp4")}

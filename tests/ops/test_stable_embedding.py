@@ -19,6 +19,7 @@ import triton_embed
 from triton_embed import reference
 from triton_embed.functional import stable_embedding
 from triton_embed.ops import stable_embedding as stable_ops
+from triton_embed.ops import stable_launch
 from triton_embed.runtime.dispatch import use_triton
 
 HEALTH = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -236,7 +237,7 @@ def test_per_id_and_per_token_backwards_agree(device, dim, monkeypatch):
     results = []
     for per_id in (True, False):
         if not per_id:
-            monkeypatch.setattr(stable_ops, "runs_apply", lambda *args: False)
+            monkeypatch.setattr(stable_launch, "runs_apply", lambda *args: False)
         ours, ref = make_modules(11, dim, torch.float32, device, 5, padding_idx=3, scale_grad_by_freq=True)
         before = triton_embed.launch_counts.copy()
         results.append(compare_modules(ours, ref, ids, grad, 3, True))

@@ -1,4 +1,4 @@
-"""Conversions of the quantized modules (``modules.py``): ``from_float`` (float embeddings, and
+"""Conversions of the quantized modules (``int8.py``, ``four_bit.py``): ``from_float`` (float embeddings, and
 bitsandbytes' quantized modules, whose codes and scales are taken as they are) and ``to_bitsandbytes``.
 bitsandbytes -> triton_embed -> bitsandbytes gives back identical codes and scales.
 

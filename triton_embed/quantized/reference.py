@@ -6,11 +6,11 @@ A table is ``(codes, scales, quant_map)``: int8 codes (V, D) with (V,) row absma
 packed 4-bit codes (⌈V·D/2⌉ bytes, any shape) with (⌈V·D/B⌉,) block absmax and the (16,) codebook.
 
 >>> import torch
->>> from triton_embed import quantize
+>>> from triton_embed.quantized import formats
 >>> table = torch.randn(6, 5)
->>> packed, absmax = quantize.quantize_4bit(table, "nf4")
->>> rows = gather_rows(packed, absmax, quantize.codebook("nf4"), torch.tensor([[4, 1]]), 6, 5, 64, torch.float32)
->>> full = quantize.dequantize_4bit(packed, absmax, quantize.codebook("nf4"), (6, 5), 64, torch.float32)
+>>> packed, absmax = formats.quantize_4bit(table, "nf4")
+>>> rows = gather_rows(packed, absmax, formats.codebook("nf4"), torch.tensor([[4, 1]]), 6, 5, 64, torch.float32)
+>>> full = formats.dequantize_4bit(packed, absmax, formats.codebook("nf4"), (6, 5), 64, torch.float32)
 >>> torch.equal(rows, full[torch.tensor([[4, 1]])])
 True
 """
