@@ -39,7 +39,7 @@ LOG = "device-run.log"
 RECORD = "device-run.json"
 #: Test files run first on a GPU (what only a GPU shows); every other test file follows, by name.
 GPU_FIRST = ("test_cuda_graphs.py", "test_out_of_range.py", "test_host_syncs.py", "test_config_independence.py",
-             "test_embedding_properties.py", "test_stable_embedding.py", "test_layer_norm.py", "test_numerics.py",
+             "test_embedding_properties.py", "test_stable_embedding.py", "test_stable_embedding_backward.py", "test_layer_norm.py", "test_numerics.py",
              "test_embedding_autograd.py", "test_quantized_kernels.py", "test_parallel.py")
 #: The CPU rehearsal's tests (seconds on two cores): the GPU-only file (it skips, saying why) and edge inputs.
 CPU_TESTS = ("test_cuda_graphs.py", "test_edge_inputs.py")

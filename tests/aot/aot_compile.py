@@ -3,7 +3,7 @@
     python tests/aot/aot_compile.py --table                       # the default (sampled) check, all six targets
     python tests/aot/aot_compile.py --all-configs --targets 90     # every config of every case, one target
 
-For each kernel spec in ``tests/aot_specs.py`` this calls ``triton.compile`` with an explicit ``GPUTarget``
+For each kernel spec in ``tests/aot/aot_specs.py`` this calls ``triton.compile`` with an explicit ``GPUTarget``
 (``aot_targets.py``: sm_80, sm_90a, sm_100a, sm_120a, gfx942, gfx950) and the launch options the launcher
 passes on that backend, after checking that the backend's compiler knows every one of them (Triton's
 runtime raises a KeyError for an unknown option). It then reads the compiled code (``aot_read.py``):
