@@ -16,6 +16,8 @@ COMMANDS = (
     "pip install torch==2.13.0 && pip install -e . && python -m triton_embed.bench",
     'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest',
 )
+#: The one command for a lent GPU; CI rehearses it on the CPU with its own output folder for ``$OUT``.
+GPU_COMMAND = 'timeout -k 10 570 python3 bench/device/run.py "$OUT" || test -s "$OUT/device-run.json"'
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -59,6 +61,15 @@ def test_the_two_commands_are_shell_blocks_as_ci_runs_them() -> None:
         assert command in shell, f"not a shell block of its own: {command}"
     ci = (ROOT / ".ci" / "run").read_text()
     assert all(command in ci for command in COMMANDS), "CI runs other commands than the README's"
+
+
+def test_the_gpu_command_is_a_shell_block_that_ci_rehearses() -> None:
+    shell = [m.group(2).strip() for m in FENCE.finditer(README.read_text()) if m.group(1) in ("bash", "sh")]
+    assert GPU_COMMAND in shell, "the README lost the one GPU command"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert GPU_COMMAND.replace('"$OUT', '"$out') in ci, "CI rehearses another GPU command than the README's"
+    guide = (ROOT / "docs" / "benchmark.md").read_text()
+    assert GPU_COMMAND in guide, "docs/benchmark.md gives another GPU command than the README's"
 
 
 def github_anchors(page: Path) -> set[str]:
