@@ -230,13 +230,16 @@ def choose(
     into, :func:`autotune_enabled`, or forced) tuned with ``bench`` (which runs the kernel once with the
     given config; it may rewrite the launch's own outputs), else the default. Never tunes while a CUDA
     graph is being captured (timing would break the capture)."""
-    if interpreter_enabled():
-        return INTERPRETER_CONFIGS[kernel]
     force_tune = force_tune or _forced["on"]
     key = _bucket_key(kernel, dtype, dim, token_bucket(tokens), None if rows is None else token_bucket(rows), variant)
+    # The in-process choice first: on a GPU every launch asks, and reading the environment costs more than
+    # the rest of the call. Under the interpreter nothing is ever chosen here.
+    chosen = None if force_tune else _chosen.get(key)
+    if chosen is not None:
+        return chosen
+    if interpreter_enabled():
+        return INTERPRETER_CONFIGS[kernel]
     if not force_tune:
-        if key in _chosen:
-            return _chosen[key]
         cached = _cached_entries().get(key)
         if valid_config(kernel, cached):
             _chosen[key], _sources[key] = cached, "cache"
