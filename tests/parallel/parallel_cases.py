@@ -21,17 +21,28 @@ import triton_embed  # noqa: E402
 from triton_embed.parallel import ColwiseParallel, RowwiseParallel, rowwise  # noqa: E402
 
 
+#: This rank's rendezvous file (``_init``), beside which ``_finish`` keeps its own store.
+_store_path: list[str] = []
+
+
 def _init(rank: int, world: int, store: str):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    _store_path[:] = [store]
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh("cpu", (world,))
 
 
 def _finish() -> None:
-    """Tear the group down only once every rank is done: a rank destroying its gloo context while a peer
-    still talks to it can abort the peer ("terminate called without an active exception")."""
+    """Tear the group down only once every rank is out of its last collective: a rank closing its gloo pairs
+    while a peer still finishes the barrier aborts the peer ("terminate called without an active
+    exception"). Leaving the barrier does not tell a rank that its peers have left it too; a file store,
+    apart from gloo's sockets, does."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     dist.barrier()
+    done = dist.FileStore(f"{_store_path[0]}.done", world)
+    done.set(f"rank{rank}", "left the barrier")
+    done.wait([f"rank{r}" for r in range(world)])
     dist.destroy_process_group()
 
 
