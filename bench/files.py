@@ -1,11 +1,12 @@
 """Writing the benchmark's files: atomically (a reader never sees half a file) and, for JSON, strictly (RFC 8259:
-no NaN or Infinity tokens, so every reader can parse it)."""
+no NaN or Infinity tokens, so every reader can parse it); and its tables as plain text."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,4 +58,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json_text(data))
 
 
-__all__ = ["write_text", "strict", "json_text", "write_json"]
+def text_table(lines: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as the terminal shows them: columns padded to width, a rule under the header (row 0).
+
+    >>> print(text_table([["op", "µs"], ["gather", "3.2"]]))
+    op      µs
+    ------  ---
+    gather  3.2
+    """
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+__all__ = ["write_text", "strict", "json_text", "write_json", "text_table"]
+

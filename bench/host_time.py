@@ -37,6 +37,7 @@ from triton_embed.runtime import dispatch
 
 from . import impls
 from .cases import Case, case_ids
+from .files import text_table
 from .host_timer import stubbed_launches, timed_pair
 from .timing import Deadline
 
@@ -215,15 +216,7 @@ def table_lines(result: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def format_table(result: dict[str, Any]) -> str:
     """The table for the terminal, columns padded to width, then the notes."""
-    lines = table_lines(result)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    out += [f"note: {text}" for text in result["notes"]]
-    return "\n".join(out)
+    return "\n".join([text_table(table_lines(result)), *(f"note: {text}" for text in result["notes"])])
 
 
 def markdown(result: dict[str, Any]) -> list[str]:

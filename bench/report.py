@@ -17,7 +17,7 @@ import triton_embed
 from triton_embed import tuning
 
 from . import bytes_model, host_time, summary
-from .files import write_text
+from .files import text_table, write_text
 from .impls import OURS, PEERS, speedup_field
 from .runner import Row, column_names
 
@@ -109,14 +109,7 @@ def table_lines(rows: list[Row]) -> list[tuple[str, ...]]:
 
 def format_table(rows: list[Row]) -> str:
     """The table for the terminal, columns padded to width."""
-    lines = table_lines(rows)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return text_table(table_lines(rows))
 
 
 def config_lines(configs: dict[str, dict[str, Any]]) -> list[str]:
