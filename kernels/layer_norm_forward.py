@@ -60,7 +60,6 @@ def _layer_norm_forward_source(
 ):
     """``_layer_norm_forward_rows`` on rows read through ``LOAD(src, ...)`` (see ``_load_rows``), about
     each row's ``pivot`` (its first element as the loader gives it, in ACC_DTYPE), which the caller loads."""
-    y_ty = y_ptr.dtype.element_ty
     inv_d = _inverse(D, ACC_DTYPE)
     if SINGLE_BLOCK:
         cols = tl.arange(0, BLOCK_D)
@@ -70,16 +69,8 @@ def _layer_norm_forward_source(
         offset = _row_sum(shifted) * inv_d
         xc = tl.where(col_mask[None, :], shifted - offset[:, None], 0.0)
         rstd = _rstd(_row_sum(xc * xc) * inv_d, eps, ACC_DTYPE)
-        y = xc * rstd[:, None]
-        if HAS_WEIGHT:
-            y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
-        if HAS_BIAS:
-            y = y + _load_vector(b_ptr, cols, stride_b, col_mask, ACC_DTYPE)[None, :]
-        tl.store(
-            y_ptr + y_rows[:, None] + cols[None, :].to(tl.int64) * stride_yd,
-            _round(_round(y, CAST_DTYPE), y_ty),
-            mask=y_valid[:, None] & col_mask[None, :],
-        )
+        _scale_shift_store(xc * rstd[:, None], w_ptr, stride_w, b_ptr, stride_b, y_ptr, y_rows, stride_yd, y_valid,
+                           cols, col_mask, HAS_WEIGHT, HAS_BIAS, CAST_DTYPE, ACC_DTYPE)
     else:
         # Two statistics passes (the mean's offset from the pivot, then the centred sum of squares), then
         # the normalising pass.
@@ -102,18 +93,29 @@ def _layer_norm_forward_source(
             cols = d0 + tl.arange(0, BLOCK_D)
             col_mask = cols < D
             x = LOAD(src, cols, x_valid[:, None] & col_mask[None, :], CAST_DTYPE, ACC_DTYPE)
-            y = ((x - pivot[:, None]) - offset[:, None]) * rstd[:, None]
-            if HAS_WEIGHT:
-                y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
-            if HAS_BIAS:
-                y = y + _load_vector(b_ptr, cols, stride_b, col_mask, ACC_DTYPE)[None, :]
-            tl.store(
-                y_ptr + y_rows[:, None] + cols[None, :].to(tl.int64) * stride_yd,
-                _round(_round(y, CAST_DTYPE), y_ty),
-                mask=y_valid[:, None] & col_mask[None, :],
-            )
+            _scale_shift_store(((x - pivot[:, None]) - offset[:, None]) * rstd[:, None], w_ptr, stride_w, b_ptr,
+                               stride_b, y_ptr, y_rows, stride_yd, y_valid, cols, col_mask, HAS_WEIGHT, HAS_BIAS,
+                               CAST_DTYPE, ACC_DTYPE)
     tl.store(mean_ptr + stat_index, pivot + offset, mask=y_valid)
     tl.store(rstd_ptr + stat_index, rstd, mask=y_valid)
+
+
+@triton.jit
+def _scale_shift_store(
+    y, w_ptr, stride_w, b_ptr, stride_b, y_ptr, y_rows, stride_yd, y_valid, cols, col_mask,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, CAST_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    """The normalised [BLOCK_T, BLOCK_D] tile ``y`` times γ plus β, rounded to CAST_DTYPE then to y's dtype,
+    stored at ``y_ptr + y_rows[t]`` (where ``y_valid[t]``) in columns ``cols``."""
+    if HAS_WEIGHT:
+        y = y * _load_vector(w_ptr, cols, stride_w, col_mask, ACC_DTYPE)[None, :]
+    if HAS_BIAS:
+        y = y + _load_vector(b_ptr, cols, stride_b, col_mask, ACC_DTYPE)[None, :]
+    tl.store(
+        y_ptr + y_rows[:, None] + cols[None, :].to(tl.int64) * stride_yd,
+        _round(_round(y, CAST_DTYPE), y_ptr.dtype.element_ty),
+        mask=y_valid[:, None] & col_mask[None, :],
+    )
 
 
 @triton.jit(do_not_specialize=["eps"])
