@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _support.quantized import FORMATS, quantized_class
 
 import triton_embed
 from triton_embed.runtime.dispatch import use_triton
 
 V, D = 7, 4
-FORMATS = ["int8", "nf4", "fp4"]
 MODES = ["deferred", "sync", "off"]
 BAD = {torch.int64: [-1, V, 2**40, -(2**40), 2**62, -(2**63)], torch.int32: [-1, V, 2**31 - 1, -(2**31)]}
 
@@ -36,11 +36,8 @@ def _module(fmt: str, stable: bool, device: str):
     gen = torch.Generator().manual_seed(3)
     table = torch.randn(V, D, generator=gen) + 2.0  # no zero rows: a zero row must come from the masking
     source = torch.nn.Embedding(V, D, _weight=table)
-    if fmt == "int8":
-        module = (triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit).from_float(source)
-    else:
-        cls = triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit
-        module = cls.from_float(source, quant_type=fmt)
+    cls, format_options = quantized_class(fmt, stable)
+    module = cls.from_float(source, **format_options)
     if stable:
         with torch.no_grad():
             module.norm.weight.copy_(torch.randn(D, generator=gen))

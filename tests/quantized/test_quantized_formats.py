@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _support.peers import needs
+from _support.quantized import FORMATS
 from hypothesis import given
 from hypothesis import strategies as st
-from _support.peers import needs
 
 import triton_embed
 from triton_embed.quantized import formats as quantize
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DIMS = [1, 5, 63, 64, 65, 130]
-FORMATS = ["int8", "nf4", "fp4"]
 
 
 def _table(rows: int, dim: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _support.oracle import check_against_truth
+from _support.quantized import FORMATS, quantized_class
+from _support.strategies import make_ids
 from hypothesis import given
 from hypothesis import strategies as st
-from _support.oracle import check_against_truth
-from _support.strategies import make_ids
 
 import triton_embed
 from triton_embed import reference
 from triton_embed.runtime.dispatch import use_triton
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-FORMATS = ["int8", "nf4", "fp4"]
 DIMS = st.one_of(st.sampled_from([1, 5, 63, 64, 65, 130]), st.integers(1, 96))
 SHAPES = st.lists(st.integers(0, 5), min_size=0, max_size=3).filter(lambda s: torch.Size(s).numel() <= 48)
 
@@ -32,12 +32,8 @@ def make_module(fmt: str, rows: int, dim: int, dtype: torch.dtype, seed: int, st
     if padding_idx is not None:
         table[padding_idx] = 0
     source = torch.nn.Embedding(rows, dim, padding_idx=padding_idx, _weight=table)
-    if fmt == "int8":
-        cls = triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit
-        module = cls.from_float(source)
-    else:
-        cls = triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit
-        module = cls.from_float(source, quant_type=fmt, blocksize=blocksize)
+    cls, format_options = quantized_class(fmt, stable)
+    module = cls.from_float(source, **format_options, **({} if fmt == "int8" else {"blocksize": blocksize}))
     if stable:
         with torch.no_grad():
             module.norm.weight.copy_(torch.randn(dim, generator=gen))

@@ -11,19 +11,16 @@ import re
 import pytest
 import torch
 from _support.peers import needs
+from _support.quantized import FORMATS, quantized_class
 
 import triton_embed
-from triton_embed.quantized import formats as quantize
 
-FORMATS = ["int8", "nf4", "fp4"]
 V, D = 6, 5
 
 
 def _make(fmt: str, stable: bool = False, **options):
-    if fmt == "int8":
-        return (triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit)(V, D, **options)
-    return (triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit)(V, D, quant_type=fmt,
-                                                                                        **options)
+    cls, format_options = quantized_class(fmt, stable)
+    return cls(V, D, **format_options, **options)
 
 
 def _snapshot(module) -> dict:

@@ -8,18 +8,14 @@ import warnings
 
 import pytest
 import torch
+from _support.quantized import FORMATS, quantized_class
 
 import triton_embed
 
-FORMATS = ["int8", "nf4", "fp4"]
-
 
 def _make(fmt: str, rows: int = 12, dim: int = 65, dtype=torch.float32, stable: bool = False, **options):
-    if fmt == "int8":
-        cls = triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit
-        return cls(rows, dim, dtype=dtype, **options)
-    cls = triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit
-    return cls(rows, dim, dtype=dtype, quant_type=fmt, **options)
+    cls, format_options = quantized_class(fmt, stable)
+    return cls(rows, dim, dtype=dtype, **format_options, **options)
 
 
 def _quantized_state(module) -> list[torch.Tensor]:

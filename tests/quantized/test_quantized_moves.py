@@ -8,25 +8,17 @@ import pickle
 
 import pytest
 import torch
+from _support.quantized import FORMATS, quantized_class
 
 import triton_embed
 from triton_embed.quantized import base as _quantized_module
 
-FORMATS = ["int8", "nf4", "fp4"]
 V, D = 8, 6
 
 
 def _make(fmt: str, stable: bool = False, **options):
-    if fmt == "int8":
-        return (triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit)(V, D, **options)
-    return (triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit)(V, D, quant_type=fmt,
-                                                                                        **options)
-
-
-def _cls_options(fmt: str, stable: bool = False) -> tuple[type, dict]:
-    if fmt == "int8":
-        return (triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit), {}
-    return (triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit), {"quant_type": fmt}
+    cls, format_options = quantized_class(fmt, stable)
+    return cls(V, D, **format_options, **options)
 
 
 def _tensors(module) -> dict[str, torch.Tensor]:
@@ -93,7 +85,7 @@ def test_to_empty_share_memory_and_copies_follow_every_tensor(fmt, stable):
 def test_from_float_on_the_meta_device_quantizes_once_loaded(fmt, stable):
     """A model built on the meta device (as ``from_pretrained`` builds it) converts: an unquantized module on the
     meta device, quantized once a float table is loaded (assign=True, or to_empty then load_state_dict)."""
-    cls, options = _cls_options(fmt, stable)
+    cls, options = quantized_class(fmt, stable)
     source = torch.nn.Embedding(V, D, padding_idx=1)
     expected = cls.from_float(source, **options)
     with torch.device("meta"):
@@ -127,7 +119,7 @@ def test_replace_embeddings_of_a_meta_model():
                  "1.norm.bias": torch.zeros(D)}
         converted.load_state_dict(state, assign=True)
         assert plain.is_quantized and stable.is_quantized
-        cls, options = _cls_options(fmt)
+        cls, options = quantized_class(fmt)
         expected = cls.from_float(torch.nn.Embedding(V, D, _weight=state["0.weight"]), **options)
         assert torch.equal(plain.dequantize(), expected.dequantize())
 
@@ -154,7 +146,7 @@ def test_from_float_keeps_a_stable_embeddings_own_norm(fmt):
     source.norm = torch.nn.RMSNorm(D)
     with torch.no_grad():
         source.norm.weight.uniform_(0.5, 2.0)
-    cls, options = _cls_options(fmt, stable=True)
+    cls, options = quantized_class(fmt, stable=True)
     module = cls.from_float(source, **options)
     assert module.norm is source.norm
     dequantized = triton_embed.StableEmbedding(V, D, _weight=module.dequantize())
@@ -202,7 +194,7 @@ def test_moves_quantize_a_table_but_never_a_placeholder(fmt, monkeypatch):
     moved.to("cpu")
     assert moved.is_quantized
     assert torch.equal(moved.dequantize(), _make(fmt, _weight=table).quantize().dequantize())
-    cls, options = _cls_options(fmt)
+    cls, options = quantized_class(fmt)
     with torch.device("meta"):
         source = torch.nn.Embedding(V, D)
     for placeholder in (cls.from_float(source, **options), _make(fmt, device="meta")):

@@ -3,15 +3,14 @@
 size is made, neither a dequantized table nor a weight gradient."""
 from __future__ import annotations
 
-
 import pytest
 import torch
+from _support.quantized import quantized_class
 from _support.recorder import recording
 
-import triton_embed
+from triton_embed.ops import traffic
 from triton_embed.ops.layer_norm import backward_programs
 from triton_embed.ops.tiles import backward_tile
-from triton_embed.ops import traffic
 from triton_embed.runtime.dispatch import use_triton
 
 V, D, N = 2048, 48, 40
@@ -26,11 +25,8 @@ def _kernels_only(device):
 
 def _module(fmt: str, dtype: torch.dtype, stable: bool, device):
     source = torch.nn.Embedding(V, D, dtype=dtype, device=device)
-    if fmt == "int8":
-        cls = triton_embed.StableEmbedding8bit if stable else triton_embed.Embedding8bit
-        return cls.from_float(source)
-    cls = triton_embed.StableEmbedding4bit if stable else triton_embed.Embedding4bit
-    return cls.from_float(source, quant_type=fmt)
+    cls, format_options = quantized_class(fmt, stable)
+    return cls.from_float(source, **format_options)
 
 
 def _check(record, op: str, sizes: traffic.Sizes) -> None:
